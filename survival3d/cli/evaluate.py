@@ -1,0 +1,15 @@
+"""`run.py evaluate`: placeholder until its issue lands (replace this whole module)."""
+
+from survival3d.cli import COMMANDS
+from survival3d.errors import ConfigError
+
+
+@COMMANDS.register("evaluate")
+class _Placeholder:
+    help = "(not implemented yet)"
+
+    def add_arguments(self, parser):
+        parser.add_argument("rest", nargs="*")
+
+    def run(self, args):
+        raise ConfigError("'evaluate' is not implemented yet.")

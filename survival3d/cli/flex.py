@@ -1,0 +1,15 @@
+"""`run.py flex`: placeholder until its issue lands (replace this whole module)."""
+
+from survival3d.cli import COMMANDS
+from survival3d.errors import ConfigError
+
+
+@COMMANDS.register("flex")
+class _Placeholder:
+    help = "(not implemented yet)"
+
+    def add_arguments(self, parser):
+        parser.add_argument("rest", nargs="*")
+
+    def run(self, args):
+        raise ConfigError("'flex' is not implemented yet.")

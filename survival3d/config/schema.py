@@ -1,0 +1,164 @@
+"""The schema of the 3D survival pipeline's config: every valid key, its type and its default.
+
+Values map one-to-one onto constructor arguments; ``build_*`` functions turn sections into objects. Research
+hyperparameters keep recognisable names (see docs/config.md for the one place they are explained):
+
+====================  ==========================
+research note name    config key
+====================  ==========================
+ALPHA_CENS            ``loss.alpha_cens``
+VAR / VAR_INIT        ``loss.var_init`` (+ ``loss.learn_var``)
+TMAX                  ``loss.tmax``
+BETA_HEAD             ``head.beta_init``
+loc_bias              ``head.loc_bias_init``
+feat_frac             ``data.dummy.feat_frac``
+====================  ==========================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+__all__ = [
+    "DummyDataConfig",
+    "CovariateConfig",
+    "DataConfig",
+    "ModelConfig",
+    "HeadConfig",
+    "LossConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "CVConfig",
+    "LoggingConfig",
+    "ExperimentConfig",
+]
+
+
+@dataclass
+class DummyDataConfig:
+    """Synthetic sphere data generated in memory when ``data.source = dummy`` (see docs/dummy.md)."""
+
+    level: int = 1
+    n: int = 96
+    size: int = 32
+    seed: int = 0
+    feat_frac: float = 0.5  # fraction of scans with a lesion (research notes: feat_frac)
+    censor_frac: float = 0.3
+    spacing: float = 1.5  # mm, isotropic
+    tmax: int = 100  # generated times are clipped to [1, tmax]
+
+
+@dataclass
+class CovariateConfig:
+    """Manifest columns fed to the FiLM covariate encoder."""
+
+    numeric: list[str] = field(default_factory=list)  # standardised with training-set mean/sd
+    categorical: list[str] = field(default_factory=list)  # embedded; unseen levels map to an 'unknown' slot
+
+
+@dataclass
+class DataConfig:
+    source: str = "dummy"  # "dummy" (generated in memory) or "manifest"
+    manifest: Optional[str] = None  # CSV with id,image,time,event[,mask,lung_mask,expected_time,covariates...]
+    dummy: DummyDataConfig = field(default_factory=DummyDataConfig)
+    covariates: CovariateConfig = field(default_factory=CovariateConfig)
+    image_size: list[int] = field(default_factory=lambda: [32, 32, 32])  # model input (pad/resize)
+    intensity_window: list[float] = field(default_factory=lambda: [-1024.0, 150.0])  # HU window → [0, 1]
+    val_frac: float = 0.25  # when cv.folds == 1
+    augment: bool = True  # random flips + small affine on the training set
+    cache: str = "memory"  # memory | persistent | none
+    cache_dir: Optional[str] = None  # for cache = persistent
+    batch_size: int = 8
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "survival3d"
+    in_channels: int = 1
+    patch_size: int = 8  # cubelet edge in voxels
+    stem_convs: int = 1  # number of convolutions in the Conv3dPatchEmbed stem
+    embed_dim: int = 48
+    pos_embed: str = "sincos"  # none | learnable | sincos
+    depth: int = 2
+    num_heads: int = 3
+    window_size: int = 4  # in cubelets
+    shift: bool = True  # alternate shifted windows
+    rel_pos_bias: bool = True
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    film: bool = True  # FiLM conditioning on covariates (identity at init)
+
+
+@dataclass
+class HeadConfig:
+    name: str = "softmin"  # softmin | meanpool (ablation)
+    hidden: list[int] = field(default_factory=lambda: [64])  # 1-2 hidden layers
+    beta_init: float = 5.0  # BETA_HEAD
+    learn_beta: bool = True
+    loc_bias_init: float = 50.0  # loc_bias
+    learn_loc_bias: bool = True
+    lung_frac_min: float = 0.5  # cubelets with less lung than this are invalid (when a lung mask is given)
+    entropy_weight: float = 0.0
+    smooth_weight: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    name: str = "censored"  # censored | classical | cox_efron | cox_breslow
+    alpha_cens: float = 1.0  # ALPHA_CENS
+    var_init: float = 100.0  # VAR (fixed) or VAR_INIT (learnable)
+    learn_var: bool = False
+    tmax: int = 100  # TMAX
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    grad_clip: float = 1.0
+    fused: bool = True  # fused AdamW on CUDA
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA (always fp32 on CPU)
+    compile: bool = False
+    early_stop_metric: str = "c_index"
+    early_stop_mode: str = "max"
+    patience: int = 0  # 0 = no early stopping
+    val_every: int = 1
+
+
+@dataclass
+class CVConfig:
+    folds: int = 1  # 1 = a single train/validation split; k > 1 = patient-level k-fold stratified by event
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True
+    wandb_mode: str = "offline"  # offline | online | disabled
+    project: str = "survival3d"
+    progress: bool = True  # tqdm bars
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with the run
