@@ -36,9 +36,6 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
-from monai.data import Dataset
-from monai.transforms import apply_transform
-
 from survival3d.errors import ConfigError
 from survival3d.registry import Registry
 
@@ -57,6 +54,7 @@ __all__ = [
     "check_params",
     "sample_case",
     "render_case",
+    "case_scalars",
     "generate_case",
     "DummyDataset",
     "write_dummy_dataset",
@@ -356,7 +354,6 @@ class DummyLevel:
     lesions: Spheres
     times: TimeModel
     distractors: Optional[Spheres] = None
-    distractor_hu: float = 250.0
     covariates: Optional[ClinicalCovariates] = None
     default_censor_frac: float = 0.3
 
@@ -442,7 +439,7 @@ DUMMY_LEVELS.register(
         "the hazard, heavy censoring",
         background=_PHANTOM,
         lesions=Spheres(count=(1, 3), radius=(0.1, 0.18), hu=30.0),
-        distractors=Spheres(count=(0, 3), radius=(0.1, 0.16), hu=250.0),
+        distractors=Spheres(count=(0, 3), radius=(0.1, 0.16), hu=600.0),
         covariates=ClinicalCovariates(),
         times=LogNormalBurdenTimes(t0=50.0, beta=1.0, sigma=0.25, r_ref=0.15),
         default_censor_frac=0.6,
@@ -645,7 +642,8 @@ def _affine(spacing: float) -> np.ndarray:
     return np.diag([spacing, spacing, spacing, 1.0])
 
 
-def _scalars(params: CaseParams, lvl: DummyLevel) -> dict[str, Any]:
+def case_scalars(params: CaseParams, lvl: DummyLevel) -> dict[str, Any]:
+    """The manifest's scalar columns of a case (without voxel-derived ones such as ``lesion_volume_mm3``)."""
     out = {
         "id": params.id,
         "time": params.time,
@@ -682,85 +680,10 @@ def generate_case(
     )
     params = sample_case(lvl, index, seed=seed, feat_frac=feat_frac, censor_frac=censor_frac, tmax=tmax)
     case = render_case(lvl, params, size=size, seed=seed)
-    case.update(_scalars(params, lvl))
+    case.update(case_scalars(params, lvl))
     case["lesion_volume_mm3"] = float(case["mask"].sum()) * spacing**3
     case["affine"] = _affine(spacing)
     return case
-
-
-# ------------------------------------------------------------------------------------------------------ dataset
-class DummyDataset(Dataset):
-    """An in-memory dummy dataset (nothing written to disk) usable wherever a MONAI ``Dataset`` is.
-
-    Item ``i`` is :func:`generate_case` of ``indices[i]`` (default ``range(n)``) with keys whose value is None
-    dropped (so the default collate works), passed through ``transform`` when given. Arrays have no channel
-    axis: add one with e.g. ``EnsureChannelFirstd(keys, channel_dim="no_channel")``.
-
-    Args:
-        level: 1..6 or "dummyN".
-        n: number of cases (ignored when ``indices`` is given).
-        size, seed, feat_frac, censor_frac, spacing, tmax: see :func:`generate_case`.
-        indices: explicit case indices, e.g. ``range(1000, 1200)`` for a held-out set from the same generator.
-        transform: a MONAI transform applied to each item.
-        cache: keep generated cases in memory (trades memory for speed across epochs).
-    """
-
-    def __init__(
-        self,
-        level: Union[int, str] = 1,
-        n: int = 96,
-        size: int = 32,
-        seed: int = 0,
-        *,
-        feat_frac: float = 0.5,
-        censor_frac: Optional[float] = None,
-        spacing: float = 1.5,
-        tmax: float = 100,
-        indices: Optional[Sequence[int]] = None,
-        transform=None,
-        cache: bool = False,
-    ):
-        indices = list(range(n)) if indices is None else [int(i) for i in indices]
-        self.level = check_params(
-            level,
-            n=max(len(indices), 1),
-            size=size,
-            seed=seed,
-            feat_frac=feat_frac,
-            censor_frac=censor_frac,
-            spacing=spacing,
-            tmax=tmax,
-        )
-        if not indices or min(indices) < 0:
-            raise ConfigError(f"indices must be a non-empty list of non-negative integers, got {indices[:5]}.")
-        self.kwargs = dict(
-            size=size, seed=seed, feat_frac=feat_frac, censor_frac=censor_frac, spacing=spacing, tmax=tmax
-        )
-        self.cache = cache
-        self._cache: dict[int, dict] = {}
-        super().__init__(data=indices, transform=transform)
-
-    def case(self, i: int) -> dict[str, Any]:
-        """The untransformed case at position ``i``."""
-        index = self.data[i]
-        if index in self._cache:
-            return self._cache[index]
-        case = {k: v for k, v in generate_case(self.level, index, **self.kwargs).items() if v is not None}
-        if self.cache:
-            self._cache[index] = case
-        return case
-
-    def _transform(self, index: int):
-        item = dict(self.case(index))
-        return apply_transform(self.transform, item) if self.transform is not None else item
-
-    def table(self):
-        """The cases' scalar columns (id, time, event, expected_time, counts, covariates) without rendering voxels,
-        e.g. for stratified splits or an oracle C-index."""
-        import pandas as pd
-
-        kw = {k: self.kwargs[k] for k in ("seed", "feat_frac", "censor_frac", "tmax")}
-        return pd.DataFrame([_scalars(sample_case(self.level, i, **kw), self.level) for i in self.data])
 
 
 # ------------------------------------------------------------------------------------------------------- writing
@@ -857,3 +780,13 @@ def write_dummy_dataset(
     write_manifest(frame, manifest)
     logger.info("wrote %d %s cases to %s", n, lvl.name, manifest)
     return manifest
+
+
+def __getattr__(name: str):
+    # DummyDataset needs MONAI, whose import is slow: load it on first use, so that the CLI and the writer's
+    # worker processes stay light.
+    if name == "DummyDataset":
+        from survival3d.data.dummy_dataset import DummyDataset
+
+        return DummyDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
