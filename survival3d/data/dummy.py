@@ -9,8 +9,8 @@ Geometry lives in normalised coordinates (the volume spans [-1, 1] along every a
 object at any ``size``; only the voxel grid changes. Array axes are (x: right→left, y: posterior→anterior,
 z: inferior→superior) in voxel index order, with the NIfTI affine ``diag(spacing, spacing, spacing, 1)``.
 
-Determinism: case ``index`` of a level draws everything from ``SeedSequence([seed, index, level id])`` (three
-spawned streams: geometry/covariates, times, image noise), and the censoring indicator from a golden-ratio
+Determinism: case ``index`` of a level draws everything from ``SeedSequence([seed, index, level id])`` (four
+spawned streams: geometry, covariates, times, image noise), and the censoring indicator from a golden-ratio
 (Kronecker) low-discrepancy sequence in ``index`` with a seed-dependent offset. A case therefore never depends
 on which other cases are generated, in which order or by how many workers; and any run of consecutive indices
 hits the requested censoring fraction to within a case or two.
@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 MIN_RADIUS_VOXELS = 1.5  # the smallest sphere of a level must have at least this radius in voxels
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # 1/phi: the Kronecker sequence frac(offset + i/phi) has minimal discrepancy
-_N_CANDIDATES = 256  # sphere centres proposed per placement round (vectorised rejection sampling)
+_N_CANDIDATES = 64  # sphere centres proposed per placement round (vectorised rejection sampling)
 _MAX_ROUNDS = 50
 _GAP = 0.04  # minimal normalised gap between two spheres, and between a distractor and a lung
 
@@ -217,9 +217,17 @@ class ThoraxPhantom:
         centers = np.stack([c for c, _ in lungs])[pick]
         axes = np.stack([a for _, a in lungs])[pick]
         cand = centers + rng.uniform(-1.0, 1.0, (n, 3)) * np.clip(axes - r, 0.0, None)
-        # the centre and a dense set of points on a slightly inflated copy of the sphere all inside the same lung
-        pts = cand[:, None, :] + (1.0 + self.margin) * r * _SPHERE_POINTS[None]
-        ok = (np.sum(((pts - centers[:, None, :]) / axes[:, None, :]) ** 2, axis=-1) <= 1.0).all(axis=1)
+        rho = np.linalg.norm((cand - centers) / axes, axis=1)  # in the lung's normalised frame the sphere lies
+        r_in = (1.0 + self.margin) * r  # between balls of radius r/max(a) and r/min(a) around the centre
+        ok = rho <= 1.0 - r_in / axes.min(axis=1)  # sufficient
+        maybe = (rho <= 1.0 - r_in / axes.max(axis=1)) & ~ok  # necessary but not sufficient: check exactly
+        first = int(np.argmax(ok)) if ok.any() else n
+        check = np.flatnonzero(maybe[:first])[:16]
+        if check.size:
+            # the centre and 256 points on the slightly inflated sphere all inside the same lung
+            pts = cand[check, None, :] + r_in * _SPHERE_POINTS[None]
+            inside = np.sum(((pts - centers[check, None, :]) / axes[check, None, :]) ** 2, axis=-1) <= 1.0
+            ok[check] = inside.all(axis=1)
         return cand, ok
 
     def distractor_sites(self, anatomy: dict, rng: np.random.Generator, r: float, n: int):
@@ -280,7 +288,8 @@ class ClinicalCovariates:
     def sample(self, rng: np.random.Generator) -> dict:
         age = int(np.clip(round(self.age_mean + self.age_sd * rng.standard_normal()), *self.age_range))
         sex = "M" if rng.random() < self.p_male else "F"
-        smoking = self.smoking_levels[int(rng.choice(len(self.smoking_levels), p=self.smoking_probs))]
+        cdf = np.cumsum(self.smoking_probs)
+        smoking = self.smoking_levels[min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(cdf) - 1)]
         return {"age": age, "sex": sex, "smoking_status": smoking}
 
     def log_time_shift(self, cov: dict) -> float:
@@ -513,7 +522,7 @@ class CaseParams:
 
 
 def _case_seeds(lvl: DummyLevel, index: int, seed: int) -> list[np.random.SeedSequence]:
-    return np.random.SeedSequence([int(seed), int(index), zlib.crc32(lvl.name.encode())]).spawn(3)
+    return np.random.SeedSequence([int(seed), int(index), zlib.crc32(lvl.name.encode())]).spawn(4)
 
 
 def _censor_u(lvl: DummyLevel, index: int, seed: int) -> float:
@@ -560,7 +569,7 @@ def sample_case(
     """
     lvl = get_level(level)
     censor_frac = lvl.default_censor_frac if censor_frac is None else censor_frac
-    geo_ss, time_ss, _ = _case_seeds(lvl, index, seed)
+    geo_ss, cov_ss, time_ss, _ = _case_seeds(lvl, index, seed)
     rng = np.random.default_rng(geo_ss)
     anatomy = lvl.background.sample(rng)
     has_lesion = rng.random() < feat_frac
@@ -572,7 +581,7 @@ def sample_case(
         kd = int(rng.integers(lvl.distractors.count[0], lvl.distractors.count[1] + 1))
         dradii = np.sort(rng.uniform(*lvl.distractors.radius, kd))[::-1]
         distractors = _place(rng, dradii, lvl.background.distractor_sites, anatomy, avoid=lesions)
-    covariates = lvl.covariates.sample(rng) if lvl.covariates is not None else {}
+    covariates = lvl.covariates.sample(np.random.default_rng(cov_ss)) if lvl.covariates is not None else {}
     shift = lvl.covariates.log_time_shift(covariates) if lvl.covariates is not None else 0.0
 
     trng = np.random.default_rng(time_ss)
@@ -603,7 +612,7 @@ def render_case(
     """Voxelise a case: ``image`` (float32 HU), ``mask``, ``lung_mask``, ``distractor_mask`` (uint8 or None)."""
     lvl = get_level(level)
     bg = lvl.background
-    rng = np.random.default_rng(_case_seeds(lvl, params.index, seed)[2])
+    rng = np.random.default_rng(_case_seeds(lvl, params.index, seed)[3])
     image, lung = bg.render(params.anatomy, size)
     image += bg.noise_sd * rng.standard_normal(image.shape, dtype=np.float32)
     mask = np.zeros(image.shape, dtype=np.uint8)
