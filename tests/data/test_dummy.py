@@ -26,10 +26,10 @@ def _seed(rng) -> int:
 
 
 def _cases(level, n, rng, **kw):
+    """``n`` consecutive cases of a fresh seed (size SIZE unless given)."""
     seed = _seed(rng)
-    return [generate_case(level, i, size=kw.pop("size", SIZE), seed=seed, **kw) for i in range(n)] if not kw else [
-        generate_case(level, i, seed=seed, **{"size": SIZE, **kw}) for i in range(n)
-    ]
+    kw = {"size": SIZE, **kw}
+    return [generate_case(level, i, seed=seed, **kw) for i in range(n)]
 
 
 def test_registry_holds_the_six_levels():
@@ -125,9 +125,7 @@ def _expected_reference(level: str, p) -> float:
     radii = [r for _, r in p.lesions]
     if level in ("dummy1", "dummy3", "dummy4"):
         return 20.0 if radii else 70.0
-    t0, r_ref, sigma_shift = {"dummy2": (75.0, 0.25, 0.0), "dummy5": (75.0, 0.15, 0.0), "dummy6": (50.0, 0.15, 0.0)}[
-        level
-    ]
+    t0, r_ref = {"dummy2": (75.0, 0.25), "dummy5": (75.0, 0.15), "dummy6": (50.0, 0.15)}[level]
     shift = 0.0
     if level == "dummy6":
         cov = p.covariates
