@@ -367,10 +367,6 @@ class DummyLevel:
     default_censor_frac: float = 0.3
 
     @property
-    def number(self) -> int:
-        return int(self.name.removeprefix("dummy"))
-
-    @property
     def min_size(self) -> int:
         """The smallest volume edge at which every sphere has a radius of at least MIN_RADIUS_VOXELS voxels."""
         r = min([self.lesions.radius[0]] + ([self.distractors.radius[0]] if self.distractors else []))

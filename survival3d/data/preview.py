@@ -81,7 +81,11 @@ def save_preview(
         ax.set_title(
             f"{row['id']} (z={z})\nt={row['time']:.1f} {'death' if row['event'] else 'censored'}", fontsize=8
         )
-    handles = [plt.Line2D([], [], color=c, label=name) for _, c, name in _CONTOURS]
+    handles = [
+        plt.Line2D([], [], color=c, label=name)
+        for key, c, name in _CONTOURS
+        if key in df.columns and df[key].notna().any()
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     montage = out_dir / "preview.png"
