@@ -82,8 +82,10 @@ def test_dummy4_lesion_has_the_mean_of_its_surround_but_another_texture(rng):
     for case in _cases("dummy4", 5, rng, feat_frac=1.0):
         image, mask = case["image"], case["mask"].astype(bool)
         shell = ndimage.binary_dilation(mask, iterations=2) & case["lung_mask"].astype(bool) & ~mask
+        lung = case["lung_mask"].astype(bool) & ~mask
         assert shell.sum() > 50
-        assert abs(image[mask].mean() - image[shell].mean()) < 6.0  # HU
+        assert abs(image[mask].mean() - image[lung].mean()) < 2.0  # HU; the lung mean is known to ~0.3 HU
+        assert abs(image[mask].mean() - image[shell].mean()) < 8.0  # the immediate surround, ~2 HU noise
         assert image[mask].std() > 2.5 * image[shell].std()
 
 
@@ -189,7 +191,7 @@ def test_oracle_c_index_matches_docs(rng):
     assert sorted(documented) == LEVELS
     for level in LEVELS:
         values = []
-        for _ in range(5):  # the documented value is the mean over 200-case datasets
+        for _ in range(8):  # the documented value is the mean over 200-case datasets (sd <= 0.021 each)
             seed = _seed(rng)
             cases = [sample_case(level, i, seed=seed) for i in range(200)]
             values.append(
