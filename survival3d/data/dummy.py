@@ -289,7 +289,8 @@ class ClinicalCovariates:
         age = int(np.clip(round(self.age_mean + self.age_sd * rng.standard_normal()), *self.age_range))
         sex = "M" if rng.random() < self.p_male else "F"
         cdf = np.cumsum(self.smoking_probs)
-        smoking = self.smoking_levels[min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(cdf) - 1)]
+        level = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+        smoking = self.smoking_levels[min(level, len(cdf) - 1)]
         return {"age": age, "sex": sex, "smoking_status": smoking}
 
     def log_time_shift(self, cov: dict) -> float:

@@ -98,7 +98,8 @@ def save_preview(
     time = df["time"].to_numpy()
     for has, colour, name in ((True, "tab:red", "lesion"), (False, "tab:blue", "no lesion")):
         sel = lesion == has
-        ax.hist(time[sel & event], bins=bins, color=colour, alpha=0.5, label=f"{name}: death (n={int((sel & event).sum())})")
+        n_death = int((sel & event).sum())
+        ax.hist(time[sel & event], bins=bins, color=colour, alpha=0.5, label=f"{name}: death (n={n_death})")
         ax.hist(
             time[sel & ~event],
             bins=bins,
