@@ -3,7 +3,8 @@ lesion mask, all computed inside the *valid region* (the lung mask when there is
 
 Columns (``LOCALISATION_COLUMNS``, the names used in ``localisation.csv``):
 
-* ``pointing_game``: 1 when the heatmap's maximum (over the valid region; the first one in C order on ties)
+* ``pointing_game``: 1 when the heatmap's maximum (over the valid region; on ties — e.g. a whole cubelet of a
+  nearest-upsampled map — the tied voxel closest to the centroid of the tied voxels)
   lies inside the mask, or within ``tolerance`` voxels (Euclidean) of it; else 0. A constant map scores 0.
 * ``energy_pg``: energy-based pointing game (Wang et al., Score-CAM, CVPRW 2020):
   :math:`\sum_{v \in mask} h^+(v) / \sum_{v \in valid} h^+(v)` at voxel level, with :math:`h^+ = \max(h, 0)`
@@ -98,7 +99,10 @@ def localisation_metrics(
     if np.ptp(h[valid]) == 0:  # a constant map points nowhere
         out["pointing_game"] = 0.0
     else:
-        idx = np.unravel_index(np.argmax(np.where(valid, h, -np.inf)), h.shape)
+        hv = np.where(valid, h, -np.inf)
+        peaks = np.argwhere(hv == hv.max())
+        # ties (e.g. a whole cubelet of a nearest-upsampled map): the tied voxel nearest to their centroid
+        idx = tuple(peaks[np.argmin(((peaks - peaks.mean(0)) ** 2).sum(1))])
         if tolerance == 0:
             hit = bool(m[idx])
         else:
