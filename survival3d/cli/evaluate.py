@@ -40,7 +40,10 @@ def fold_checkpoints(path: str | Path) -> list[tuple[str, Path]]:
 
 
 def predict_manifest(checkpoint: Path, manifest: Path):
-    """The glue between the engine and the data path: load a trained model, predict every case of the manifest.
+    """The glue to the engine and the data path: load a trained model, predict every case of the manifest.
+
+    Uses :func:`survival3d.engine.checkpoint.load_trained`, ``TrainedModel.dataset(manifest)`` (the run's
+    evaluation preprocessing and covariate encoder; manifest read by ``read_manifest``) and ``TrainedModel.predict``.
 
     Returns:
         (predictions DataFrame with id,time,event,pred_time,risk[,expected_time]; (n, tmax) pmf array in the same row
@@ -49,30 +52,21 @@ def predict_manifest(checkpoint: Path, manifest: Path):
     import numpy as np
     import torch
 
-    from survival3d.data.manifest import read_manifest
     from survival3d.engine.checkpoint import load_trained
 
     trained = load_trained(checkpoint)
-    table = read_manifest(manifest)
-    dataset = build_eval_dataset(trained, table)
-    preds = trained.predict(dataset)
-    if "expected_time" in table.columns and "expected_time" not in preds.columns:
-        preds = preds.merge(table[["id", "expected_time"]], on="id", how="left")
+    preds = trained.predict(trained.dataset(manifest))
+    if "expected_time" in preds.columns and preds["expected_time"].isna().all():
+        preds = preds.drop(columns="expected_time")
     pmf = None
     pmf_fn = getattr(trained.loss_fn, "pmf", None)
     if callable(pmf_fn):
+        device = next(trained.loss_fn.parameters(), torch.empty(0)).device
         with torch.no_grad():
-            pmf = pmf_fn(torch.as_tensor(preds["pred_time"].to_numpy(np.float32))).float().cpu().numpy()
+            pred = torch.as_tensor(preds["pred_time"].to_numpy(np.float32), device=device)
+            pmf = pmf_fn(pred).float().cpu().numpy()
     alpha = float(getattr(getattr(trained.cfg, "loss", None), "alpha_cens", 1.0))
     return preds, pmf, alpha
-
-
-def build_eval_dataset(trained, table):
-    """Adapter to the data path's dataset builder (``survival3d.data.datasets``): the manifest rows as an
-    evaluation dataset (no augmentation) with the run's preprocessing and covariate encoder."""
-    from survival3d.data import datasets
-
-    return datasets.build_dataset(trained.cfg, table, covariate_encoder=trained.covariate_encoder, train=False)
 
 
 def _atomic_json(obj, path: Path) -> None:
@@ -81,14 +75,27 @@ def _atomic_json(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def evaluate_one(preds, pmf, alpha_cens: float, out_dir: Path, *, title: str = "", figures: bool = True) -> dict:
+def parse_horizons(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        h = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError as e:
+        raise ConfigError(f"--horizons must be comma-separated numbers, got {text!r}.") from e
+    if not h or h[0] <= 0:
+        raise ConfigError(f"--horizons must be positive times, got {text!r}.")
+    return h
+
+
+def evaluate_one(preds, pmf, alpha_cens: float, out_dir: Path, *, title: str = "", figures: bool = True,
+                 horizons: list[float] | None = None) -> dict:
     """metrics.json + predictions.csv + figures for one model's predictions; returns the metrics."""
     from survival3d.explain.pipeline import write_table
     from survival3d.metrics import survival_metrics
     from survival3d.metrics.figures import plot_calibration, plot_km_by_risk_tertile, plot_pred_vs_observed
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = survival_metrics(preds, pmf, alpha_cens=alpha_cens)
+    metrics = survival_metrics(preds, pmf, alpha_cens=alpha_cens, horizons=horizons)
     if figures:
         fig_dir = out_dir / "figures"
         plot_pred_vs_observed(preds, fig_dir / "pred_vs_observed.png", title=title)
@@ -109,6 +116,8 @@ class Evaluate:
         parser.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or k-fold run dir")
         parser.add_argument("--data", required=True, help="manifest CSV (id,image,time,event[,expected_time,...])")
         parser.add_argument("--out", required=True, help="output directory")
+        parser.add_argument("--horizons", default=None,
+                            help="comma-separated times for Brier / td-AUC / calibration (default: event-time quartiles)")
         parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
     def run(self, args) -> int:
@@ -123,12 +132,13 @@ class Evaluate:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a directory.")
+        horizons = parse_horizons(args.horizons)
         folds = fold_checkpoints(args.checkpoint)
         # predict everything first: a bad input stops the command before anything is written
         predicted = [(name, ckpt, *predict_manifest(ckpt, manifest)) for name, ckpt in folds]
         if len(predicted) == 1:
             name, ckpt, preds, pmf, alpha = predicted[0]
-            metrics = evaluate_one(preds, pmf, alpha, out, figures=not args.no_figures)
+            metrics = evaluate_one(preds, pmf, alpha, out, figures=not args.no_figures, horizons=horizons)
             metrics.update({"checkpoint": str(ckpt), "manifest": str(manifest)})
             _atomic_json(metrics, out / "metrics.json")
             log.info("C-index %s (oracle %s) on %d cases → %s", metrics.get("c_index"),
@@ -136,7 +146,8 @@ class Evaluate:
             return 0
         per_fold, stacked = [], []
         for name, ckpt, preds, pmf, alpha in predicted:
-            m = evaluate_one(preds, pmf, alpha, out / name, title=name, figures=not args.no_figures)
+            m = evaluate_one(preds, pmf, alpha, out / name, title=name, figures=not args.no_figures,
+                             horizons=horizons)
             per_fold.append({"fold": name, "checkpoint": str(ckpt), **m})
             stacked.append(preds.assign(fold=name))
         summary = {"manifest": str(manifest), "n_folds": len(per_fold), "aggregate": aggregate_folds(per_fold),

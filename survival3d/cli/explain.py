@@ -34,40 +34,40 @@ def parse_methods(text: str) -> list[str]:
 
 
 def load_cases(checkpoint: Path, manifest: Path, max_cases: int | None):
-    """The glue between the engine, the manifest and the data path.
+    """The glue to the engine, the manifest and the data path.
+
+    Uses :func:`survival3d.engine.checkpoint.load_trained`, :func:`survival3d.data.manifest.read_manifest` (for the
+    source image of each id), ``TrainedModel.dataset(manifest, ids)`` (the run's evaluation preprocessing) and
+    ``survival3d.data.datasets.collate_cases`` (whose ``affine`` entry is the model-space affine of each image).
 
     Returns:
         (the trained model in eval mode, number of cases, an iterator of :class:`~survival3d.explain.pipeline.Case`
-        each holding a batch of one case from the run's evaluation preprocessing and the source image path).
+        each holding a batch of one case and the path of its source image).
     """
     import numpy as np
     import torch
 
-    from survival3d.cli.evaluate import build_eval_dataset
+    from survival3d.data.datasets import collate_cases
     from survival3d.data.manifest import read_manifest
     from survival3d.engine.checkpoint import load_trained
     from survival3d.explain.pipeline import Case
 
     trained = load_trained(checkpoint)
     table = read_manifest(manifest)
-    if max_cases is not None:
-        table = table.iloc[:max_cases].reset_index(drop=True)
-    dataset = build_eval_dataset(trained, table)
+    ids = table["id"].astype(str).tolist()[:max_cases]
     sources = dict(zip(table["id"].astype(str), table["image"]))
+    dataset = trained.dataset(manifest, ids=ids)
 
     def cases() -> Iterator[Case]:
-        from monai.data import DataLoader
-
-        for batch in DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0):
-            cid = str(batch["id"][0] if isinstance(batch["id"], (list, tuple)) else batch["id"])
-            image = batch["image"]
-            affine = getattr(image, "affine", None)
-            if affine is not None and torch.is_tensor(affine):
-                affine = np.asarray(affine.detach().cpu().numpy(), dtype=np.float64)
-                affine = affine[0] if affine.ndim == 3 else affine
+        loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_cases)
+        for batch in loader:
+            cid = str(batch["id"][0])
+            affine = batch.get("affine")
+            affine = None if affine is None else np.asarray(affine[0].cpu().numpy(), dtype=np.float64)
             yield Case(id=cid, batch=batch, source=sources.get(cid), model_affine=affine)
 
-    return trained.model, len(table), cases()
+    trained.model.eval()
+    return trained.model, len(ids), cases()
 
 
 @COMMANDS.register("explain")

@@ -109,8 +109,13 @@ def explain_cases(
             src_affine = case.model_affine if case.model_affine is not None else np.eye(4)
             src_shape = image.shape
         case_dir = out_dir / "cases" / _safe(case.id)
-        for name, explainer in explainers.items():
-            heat = explainer(model, batch)[0].numpy()  # (C, D, H, W)
+        for name, explainer in list(explainers.items()):
+            try:
+                heat = explainer(model, batch)[0].numpy()  # (C, D, H, W)
+            except ValueError as e:  # the model lacks what this method needs (e.g. a head without a p map)
+                log.warning("skipping explainer '%s' for every case: %s", name, e)
+                del explainers[name]
+                continue
             on_source = to_source_grid(heat, src_shape, src_affine=src_affine, model_affine=case.model_affine)
             save_nifti(on_source, src_affine, case_dir / f"{name}.nii.gz")
             rgb = explainer.kind == "rgb"
