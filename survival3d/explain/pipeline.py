@@ -19,7 +19,7 @@ from survival3d.explain.base import EXPLAINERS, patch_size_of, run_model
 from survival3d.explain.io import plot_3d, plot_overlays, save_nifti, source_geometry, to_source_grid
 from survival3d.explain.localisation import LOCALISATION_COLUMNS, localisation_metrics
 
-__all__ = ["Case", "explain_cases", "leaderboard", "write_leaderboard", "write_table"]
+__all__ = ["Case", "explain_cases", "leaderboard", "safe_name", "write_leaderboard", "write_table"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ class Case:
     model_affine: np.ndarray | None = None
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A case id as a file-safe folder name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)) or "case"
 
 
@@ -108,7 +109,7 @@ def explain_cases(
         else:
             src_affine = case.model_affine if case.model_affine is not None else np.eye(4)
             src_shape = image.shape
-        case_dir = out_dir / "cases" / _safe(case.id)
+        case_dir = out_dir / "cases" / safe_name(case.id)
         for name, explainer in list(explainers.items()):
             try:
                 heat = explainer(model, batch)[0].numpy()  # (C, D, H, W)

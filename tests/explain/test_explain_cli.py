@@ -105,6 +105,20 @@ def test_explain_cli_writes_everything(fake_glue):
         assert (out / "cases" / cid / "gradcam_3d.png").stat().st_size > 0
 
 
+    # the results page built from this explain folder and an evaluate folder
+    from survival3d.explain.results import main as results_main
+
+    ev = tmp / "eval"
+    ev.mkdir()
+    (ev / "metrics.json").write_text(json.dumps({"n": 3, "c_index": 0.71, "c_index_oracle": 0.75}))
+    page = tmp / "docs" / "results.md"
+    assert results_main(["--entry", f"dummy1={ev},{out}", "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "| dummy1 | 3 | 0.710 | 0.750 | 0.040 |" in text and "## dummy1" in text
+    assert (tmp / "docs" / "results" / "dummy1" / "head_overlay.png").is_file()
+    assert "results/dummy1/head_overlay.png" in text
+
+
 def test_explain_cli_rejects_unknown_method_and_missing_manifest(fake_glue, capsys):
     tmp, _ = fake_glue
     args = ["explain", "--checkpoint", str(tmp / "model.pt"), "--out", str(tmp / "o")]
