@@ -152,21 +152,17 @@ def leaderboard(table: pd.DataFrame) -> tuple[dict, str]:
     lesion = table[table["has_lesion"].astype(bool)] if len(table) else table
     no_lesion = table[~table["has_lesion"].astype(bool)] if len(table) else table
     board: dict = {"lesion": {}, "no_lesion": {}}
+
+    def stats(col: pd.Series) -> dict:
+        v = col.astype(float)
+        v = v[np.isfinite(v)]
+        return {"mean": float(v.mean()) if len(v) else None, "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
+                "n": int(len(v))}
+
     for method, g in lesion.groupby("method", sort=False):
-        board["lesion"][method] = {
-            c: {
-                "mean": float(g[c].mean()) if g[c].notna().any() else None,
-                "sd": float(g[c].std(ddof=1)) if g[c].notna().sum() > 1 else None,
-                "n": int(g[c].notna().sum()),
-            }
-            for c in LOCALISATION_COLUMNS
-        }
+        board["lesion"][method] = {c: stats(g[c]) for c in LOCALISATION_COLUMNS}
     for method, g in no_lesion.groupby("method", sort=False):
-        board["no_lesion"][method] = {
-            "n": int(len(g)),
-            "peak_to_mean": {"mean": float(g["peak_to_mean"].mean()), "sd": float(g["peak_to_mean"].std(ddof=1))
-                             if len(g) > 1 else None},
-        }
+        board["no_lesion"][method] = {"n": int(len(g)), "peak_to_mean": stats(g["peak_to_mean"])}
 
     def key(m):
         s = board["lesion"][m]

@@ -111,3 +111,26 @@ def test_no_lesion_gives_nan(rng):
 def test_ill_arguments(kwargs):
     with pytest.raises(ValueError):
         localisation_metrics(**kwargs)
+
+
+def test_leaderboard_ignores_nan_and_separates_cases_without_lesion():
+    import json
+
+    import pandas as pd
+
+    from survival3d.explain.pipeline import leaderboard
+
+    rows = []
+    for case, lesion in [("a", True), ("b", True), ("c", False)]:
+        for method, e in [("head", 0.9), ("gradcam", 0.2)]:
+            r = {c: (e if lesion else np.nan) for c in LOCALISATION_COLUMNS}
+            r.update(case_id=case, method=method, has_lesion=lesion, peak_to_mean=np.nan if not lesion else 3.0)
+            rows.append(r)
+    rows[0]["auroc"] = np.nan  # an undefined value is left out of the mean, not propagated
+    board, md = leaderboard(pd.DataFrame(rows))
+    assert board["ranking"] == ["head", "gradcam"]
+    assert board["lesion"]["head"]["energy_pg"] == {"mean": pytest.approx(0.9), "sd": pytest.approx(0.0), "n": 2}
+    assert board["lesion"]["head"]["auroc"]["n"] == 1 and board["lesion"]["head"]["auroc"]["sd"] is None
+    assert board["no_lesion"]["head"]["n"] == 1 and board["no_lesion"]["head"]["peak_to_mean"]["mean"] is None
+    json.dumps(board, allow_nan=False)  # strict JSON
+    assert md.index("| head |") < md.index("| gradcam |") and "without a lesion" in md
