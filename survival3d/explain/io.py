@@ -167,7 +167,8 @@ def plot_overlays(
     axes = plane_axes(affine)
     fig, ax = plt.subplots(1, 3, figsize=(12, 4.4))
     vmax = float(hm.max()) if hm.max() > 0 else 1.0
-    for a, (plane, axis) in zip(ax, axes.items()):
+    for a, plane in zip(ax, ("axial", "coronal", "sagittal")):
+        axis = axes[plane]
         idx = [slice(None)] * 3
         idx[axis] = centre[axis]
         sl = tuple(idx)

@@ -128,3 +128,12 @@ def test_explain_cli_rejects_unknown_method_and_missing_manifest(fake_glue, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.csv" in err[0]
     assert not (tmp / "o").exists()
+
+
+def test_plane_axes_follow_the_affine_orientation():
+    from survival3d.explain.io import plane_axes
+
+    assert plane_axes(None) == {"axial": 0, "coronal": 1, "sagittal": 2}
+    assert plane_axes(np.diag([1.5, 1.5, 2.0, 1.0])) == {"sagittal": 0, "coronal": 1, "axial": 2}  # RAS
+    swapped = np.array([[0, 0, 1.0, 0], [0, -1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]])  # axis 0 = S
+    assert plane_axes(swapped) == {"axial": 0, "coronal": 1, "sagittal": 2}
