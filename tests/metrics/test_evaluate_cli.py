@@ -77,3 +77,24 @@ def test_missing_inputs_fail_cleanly(setup, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp / "none.pt"), "--data", str(manifest), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none.pt" in err[0] and not out.exists()
+
+
+def test_fold_checkpoints_sorts_numerically_and_falls_back_to_single(tmp_path):
+    from survival3d.cli.evaluate import fold_checkpoints
+    from survival3d.errors import InputError
+
+    for name in ("fold10", "fold_2", "fold-1", "foldx", "checkpoints"):
+        (tmp_path / "run" / name).mkdir(parents=True)
+    assert [n for n, _ in fold_checkpoints(tmp_path / "run")] == ["fold-1", "fold_2", "fold10"]
+    (tmp_path / "single").mkdir()
+    assert fold_checkpoints(tmp_path / "single") == [("model", tmp_path / "single")]
+    with pytest.raises(InputError, match="checkpoint"):
+        fold_checkpoints(tmp_path / "missing")
+
+
+def test_bad_horizons_are_a_config_error(setup, capsys):
+    tmp, manifest, _ = setup
+    (tmp / "model.pt").write_bytes(b"x")
+    rc = main(["evaluate", "--checkpoint", str(tmp / "model.pt"), "--data", str(manifest), "--out", str(tmp / "e"),
+               "--horizons", "10,abc"])
+    assert rc == 2 and "--horizons" in capsys.readouterr().err and not (tmp / "e").exists()
