@@ -70,7 +70,9 @@ def results_markdown(entries: Sequence[tuple[str, Path, Path]], out: Path, *, ti
             f"{_fmt(head.get('energy_pg_cubelet', {}).get('mean'))} | {_fmt(head.get('pointing_game', {}).get('mean'))}"
             f" | {best_txt} | {_fmt(chance)} |"
         )
-        lines = [f"## {label}", "", (explain_dir / "leaderboard.md").read_text().split("\n", 2)[-1].strip(), ""]
+        board_md = (explain_dir / "leaderboard.md").read_text().split("\n", 2)[-1].strip()
+        board_md = board_md.replace("\n## ", "\n### ")  # nest the leaderboard's sub-sections under this entry
+        lines = [f"## {label}", "", board_md, ""]
         assets = asset_root / label
         fig = _copy(eval_dir / "figures" / "pred_vs_observed.png", assets / "pred_vs_observed.png")
         if fig is not None:
