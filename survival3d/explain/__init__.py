@@ -18,12 +18,20 @@ feature_pca_tokens    PCA → RGB of the transformer output features (RGB view) 
 """
 
 from survival3d.explain import cam, features, head, occlusion, polycam  # noqa: F401  (registration)
-from survival3d.explain.base import EXPLAINERS, Explainer, cubelets_to_image, model_inputs, run_model
+from survival3d.explain.base import (
+    EXPLAINERS,
+    Explainer,
+    Unsupported,
+    cubelets_to_image,
+    model_inputs,
+    run_model,
+)
 from survival3d.explain.localisation import LOCALISATION_COLUMNS, localisation_metrics
 
 __all__ = [
     "EXPLAINERS",
     "Explainer",
+    "Unsupported",
     "cubelets_to_image",
     "model_inputs",
     "run_model",

@@ -25,9 +25,21 @@ import torch.nn.functional as F
 
 from survival3d.registry import Registry
 
-__all__ = ["EXPLAINERS", "Explainer", "model_inputs", "run_model", "cubelets_to_image", "patch_size_of"]
+__all__ = [
+    "EXPLAINERS",
+    "Explainer",
+    "Unsupported",
+    "model_inputs",
+    "run_model",
+    "cubelets_to_image",
+    "patch_size_of",
+]
 
 EXPLAINERS: Registry = Registry("explainer")
+
+
+class Unsupported(ValueError):
+    """The model lacks what an explainer needs (a head without a p map, a missing feature map)."""
 
 _MODEL_KEYS = ("cov_num", "cov_cat", "lung_mask")
 

@@ -21,7 +21,14 @@ from functools import partial
 
 import torch
 
-from survival3d.explain.base import EXPLAINERS, Explainer, cubelets_to_image, patch_size_of, run_model
+from survival3d.explain.base import (
+    EXPLAINERS,
+    Explainer,
+    Unsupported,
+    cubelets_to_image,
+    patch_size_of,
+    run_model,
+)
 
 __all__ = ["GradCAM", "features_and_gradients", "gradcam_weights", "gradcampp_weights"]
 
@@ -37,7 +44,7 @@ def features_and_gradients(model, batch, layers: list[str]) -> tuple[object, lis
         out = run_model(model, batch, image=image)
         missing = [n for n in layers if n not in out.features]
         if missing:
-            raise ValueError(f"model features {sorted(out.features)} lack {missing}.")
+            raise Unsupported(f"model features {sorted(out.features)} lack {missing}.")
         feats = [out.features[n] for n in layers]
         grads = torch.autograd.grad(out.risk.float().sum(), feats, allow_unused=True)
     grads = [torch.zeros_like(f) if g is None else g for f, g in zip(feats, grads)]

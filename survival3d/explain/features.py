@@ -6,7 +6,14 @@ from functools import partial
 
 import torch
 
-from survival3d.explain.base import EXPLAINERS, Explainer, cubelets_to_image, patch_size_of, run_model
+from survival3d.explain.base import (
+    EXPLAINERS,
+    Explainer,
+    Unsupported,
+    cubelets_to_image,
+    patch_size_of,
+    run_model,
+)
 
 __all__ = ["FeaturePCA", "pca_rgb"]
 
@@ -50,7 +57,7 @@ class FeaturePCA(Explainer):
     def explain(self, model, batch):
         out = run_model(model, batch)
         if self.layer not in out.features:
-            raise ValueError(f"model features {sorted(out.features)} lack {self.layer!r}.")
+            raise Unsupported(f"model features {sorted(out.features)} lack {self.layer!r}.")
         feat = out.features[self.layer].float().cpu()
         valid = out.valid.cpu() if out.valid is not None else None
         rgb = torch.stack([pca_rgb(feat[i], None if valid is None else valid[i, 0]) for i in range(feat.shape[0])])

@@ -6,7 +6,14 @@ from functools import partial
 
 import torch
 
-from survival3d.explain.base import EXPLAINERS, Explainer, cubelets_to_image, patch_size_of, run_model
+from survival3d.explain.base import (
+    EXPLAINERS,
+    Explainer,
+    Unsupported,
+    cubelets_to_image,
+    patch_size_of,
+    run_model,
+)
 
 __all__ = ["HeadMap"]
 
@@ -22,7 +29,7 @@ class HeadMap(Explainer):
         mode: upsampling, ``"nearest"`` (default) or ``"trilinear"``.
 
     Raises:
-        ValueError: at call time, when the model's head has no localisation map (``p``/``loc`` is None).
+        Unsupported: at call time, when the model's head has no localisation map (``p``/``loc`` is None).
     """
 
     resolution = "cubelet"
@@ -30,6 +37,8 @@ class HeadMap(Explainer):
     def __init__(self, *, which: str = "p", mode: str = "nearest"):
         if which not in ("p", "loc"):
             raise ValueError(f"which must be 'p' or 'loc', got {which!r}.")
+        if mode not in ("nearest", "trilinear"):
+            raise ValueError(f"mode must be 'nearest' or 'trilinear', got {mode!r}.")
         self.which = which
         self.mode = mode
 
@@ -38,7 +47,7 @@ class HeadMap(Explainer):
         out = run_model(model, batch)
         m = out.p if self.which == "p" else out.loc
         if m is None:
-            raise ValueError(f"this model's head returns no '{self.which}' map (a head without localisation).")
+            raise Unsupported(f"this model's head returns no '{self.which}' map (a head without localisation).")
         m = m.float()
         valid = out.valid.bool() if out.valid is not None else torch.ones_like(m, dtype=torch.bool)
         if self.which == "loc":

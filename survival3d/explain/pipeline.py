@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from survival3d.explain.base import EXPLAINERS, patch_size_of, run_model
+from survival3d.explain.base import EXPLAINERS, Unsupported, patch_size_of, run_model
 from survival3d.explain.io import plot_3d, plot_overlays, save_nifti, source_geometry, to_source_grid
 from survival3d.explain.localisation import LOCALISATION_COLUMNS, localisation_metrics
 
@@ -113,7 +113,7 @@ def explain_cases(
         for name, explainer in list(explainers.items()):
             try:
                 heat = explainer(model, batch)[0].numpy()  # (C, D, H, W)
-            except ValueError as e:  # the model lacks what this method needs (e.g. a head without a p map)
+            except Unsupported as e:  # the model lacks what this method needs (e.g. a head without a p map)
                 log.warning("skipping explainer '%s' for every case: %s", name, e)
                 del explainers[name]
                 continue

@@ -35,7 +35,14 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from survival3d.explain.base import EXPLAINERS, Explainer, cubelets_to_image, patch_size_of, run_model
+from survival3d.explain.base import (
+    EXPLAINERS,
+    Explainer,
+    Unsupported,
+    cubelets_to_image,
+    patch_size_of,
+    run_model,
+)
 
 __all__ = ["PolyCAM", "repeat_case"]
 
@@ -92,7 +99,7 @@ class PolyCAM(Explainer):
         names = list(out.features) if self.layers is None else list(self.layers)
         missing = [n for n in names if n not in out.features]
         if missing or not names:
-            raise ValueError(f"model features {sorted(out.features)} lack {missing or 'any layer'}.")
+            raise Unsupported(f"model features {sorted(out.features)} lack {missing or 'any layer'}.")
         # low → high resolution; at equal resolution the deepest (last produced) first
         order = sorted(range(len(names)), key=lambda k: (out.features[names[k]].shape[2:].numel(), -k))
         maps = []

@@ -6,7 +6,7 @@ import torch
 from evalx_standin import TinySurvivalModel, sphere_case
 
 from survival3d.errors import ConfigError
-from survival3d.explain import EXPLAINERS, cubelets_to_image, localisation_metrics
+from survival3d.explain import EXPLAINERS, Unsupported, cubelets_to_image, localisation_metrics
 from survival3d.explain.cam import gradcam_weights, gradcampp_weights
 
 FAST = {"occlusion": {"mask_size": 8, "overlap": 0.0}}  # 8 occlusions instead of 27 on 16^3
@@ -101,11 +101,35 @@ def test_registry_rejects_unknown_names_and_bad_arguments():
         EXPLAINERS.build({"name": "polycam", "chunk": 0})
     with pytest.raises(ValueError):
         EXPLAINERS.build({"name": "occlusion", "overlap": 1.0})
-    with pytest.raises(ValueError):
-        EXPLAINERS.build({"name": "head", "mode": "cubic"})("dummy model", {}) if False else cubelets_to_image(
-            torch.zeros(1, 1, 2, 2, 2), (8, 8, 8), 4, "cubic")
+    with pytest.raises(ValueError, match="mode"):
+        EXPLAINERS.build({"name": "head", "mode": "cubic"})
+    with pytest.raises(ValueError, match="variant"):
+        EXPLAINERS.build({"name": "polycam", "variant": "plusminus"})
+    with pytest.raises(ValueError, match="which"):
+        EXPLAINERS.build({"name": "head", "which": "q"})
 
 
 def test_missing_feature_is_a_clear_error(model):
     with pytest.raises(ValueError, match="lack"):
         EXPLAINERS.build({"name": "polycam", "layers": ["nope"]})(model, sphere_case(size=16))
+
+
+def test_pipeline_skips_a_method_the_model_cannot_support(model, tmp_path, caplog):
+    from survival3d.explain.pipeline import Case, explain_cases
+
+    class NoHead(torch.nn.Module):  # a meanpool-style head: no p / loc maps
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+            self.patch_size = model.patch_size
+
+        def forward(self, image, **kw):
+            out = self.inner(image, **kw)
+            out.p = out.loc = None
+            return out
+
+    table = explain_cases(NoHead(), [Case("a", sphere_case(size=16))], ["head", "gradcam"], tmp_path, views=False,
+                          progress=False)
+    assert list(table["method"]) == ["gradcam"] and "skipping explainer 'head'" in caplog.text
+    with pytest.raises(Unsupported):
+        EXPLAINERS.build("head")(NoHead(), sphere_case(size=16))
