@@ -1,15 +1,160 @@
-"""`run.py evaluate`: placeholder until its issue lands (replace this whole module)."""
+"""`run.py evaluate`: survival metrics, predictions and figures of a trained model (or of every fold of a k-fold run)
+on the cases of a manifest.
+
+Writes under ``--out``: ``metrics.json``, ``predictions.csv`` and ``figures/{pred_vs_observed,km_risk_tertiles,
+calibration}.png``. For a k-fold run directory, each fold gets ``fold<k>/`` with the same files and the top-level
+``metrics.json`` holds the per-fold metrics and their mean ± sd; the top-level ``predictions.csv`` stacks the folds
+with a ``fold`` column.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
 
 from survival3d.cli import COMMANDS
-from survival3d.errors import ConfigError
+from survival3d.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+_FOLD_DIR = re.compile(r"^fold[_-]?(\d+)$")
+
+
+def fold_checkpoints(path: str | Path) -> list[tuple[str, Path]]:
+    """``[(name, checkpoint_or_run_dir), ...]``: the ``fold<k>`` sub-folders of a k-fold run directory (sorted by k),
+    or ``[("model", path)]`` for a single checkpoint / single run."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such checkpoint file or run directory", path=path, field="--checkpoint")
+    if path.is_dir():
+        folds = sorted(
+            ((int(m.group(1)), p) for p in path.iterdir() if p.is_dir() and (m := _FOLD_DIR.match(p.name))),
+            key=lambda kp: kp[0],
+        )
+        if folds:
+            return [(p.name, p) for _, p in folds]
+    return [("model", path)]
+
+
+def predict_manifest(checkpoint: Path, manifest: Path):
+    """The glue to the engine and the data path: load a trained model, predict every case of the manifest.
+
+    Uses :func:`survival3d.engine.checkpoint.load_trained`, ``TrainedModel.dataset(manifest)`` (the run's
+    evaluation preprocessing and covariate encoder; manifest read by ``read_manifest``) and ``TrainedModel.predict``.
+
+    Returns:
+        (predictions DataFrame with id,time,event,pred_time,risk[,expected_time]; (n, tmax) pmf array in the same row
+        order, or None when the loss defines no distribution; ALPHA_CENS of the run's loss).
+    """
+    import numpy as np
+    import torch
+
+    from survival3d.engine.checkpoint import load_trained
+
+    trained = load_trained(checkpoint)
+    preds = trained.predict(trained.dataset(manifest))
+    if "expected_time" in preds.columns and preds["expected_time"].isna().all():
+        preds = preds.drop(columns="expected_time")
+    pmf = None
+    pmf_fn = getattr(trained.loss_fn, "pmf", None)
+    if callable(pmf_fn):
+        device = next(trained.loss_fn.parameters(), torch.empty(0)).device
+        with torch.no_grad():
+            pred = torch.as_tensor(preds["pred_time"].to_numpy(np.float32), device=device)
+            pmf = pmf_fn(pred).float().cpu().numpy()
+    alpha = float(getattr(getattr(trained.cfg, "loss", None), "alpha_cens", 1.0))
+    return preds, pmf, alpha
+
+
+def _atomic_json(obj, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def parse_horizons(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        h = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError as e:
+        raise ConfigError(f"--horizons must be comma-separated numbers, got {text!r}.") from e
+    if not h or h[0] <= 0:
+        raise ConfigError(f"--horizons must be positive times, got {text!r}.")
+    return h
+
+
+def evaluate_one(preds, pmf, alpha_cens: float, out_dir: Path, *, title: str = "", figures: bool = True,
+                 horizons: list[float] | None = None) -> dict:
+    """metrics.json + predictions.csv + figures for one model's predictions; returns the metrics."""
+    from survival3d.explain.pipeline import write_table
+    from survival3d.metrics import survival_metrics
+    from survival3d.metrics.figures import plot_calibration, plot_km_by_risk_tertile, plot_pred_vs_observed
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = survival_metrics(preds, pmf, alpha_cens=alpha_cens, horizons=horizons)
+    if figures:
+        fig_dir = out_dir / "figures"
+        plot_pred_vs_observed(preds, fig_dir / "pred_vs_observed.png", title=title)
+        _, p = plot_km_by_risk_tertile(preds, fig_dir / "km_risk_tertiles.png", title=title)
+        metrics["logrank_p_tertiles"] = p if p == p else None
+        if pmf is not None and metrics.get("horizons"):
+            plot_calibration(preds, pmf, metrics["horizons"], fig_dir / "calibration.png", title=title)
+    write_table(preds, out_dir / "predictions.csv")
+    _atomic_json(metrics, out_dir / "metrics.json")
+    return metrics
 
 
 @COMMANDS.register("evaluate")
-class _Placeholder:
-    help = "(not implemented yet)"
+class Evaluate:
+    help = "survival metrics (C-index, Uno, MAE, IBS, td-AUC, NLL), predictions.csv and figures on a manifest"
 
     def add_arguments(self, parser):
-        parser.add_argument("rest", nargs="*")
+        parser.add_argument("--checkpoint", required=True, help="checkpoint file, run directory or k-fold run dir")
+        parser.add_argument("--data", required=True, help="manifest CSV (id,image,time,event[,expected_time,...])")
+        parser.add_argument("--out", required=True, help="output directory")
+        parser.add_argument("--horizons", default=None,
+                            help="comma-separated times for Brier / td-AUC / calibration (default: event-time quartiles)")
+        parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
-    def run(self, args):
-        raise ConfigError("'evaluate' is not implemented yet.")
+    def run(self, args) -> int:
+        import pandas as pd
+
+        from survival3d.explain.pipeline import write_table
+        from survival3d.metrics import aggregate_folds
+
+        manifest = Path(args.data)
+        if not manifest.is_file():
+            raise InputError("no such manifest file", path=manifest, field="--data")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} exists and is not a directory.")
+        horizons = parse_horizons(args.horizons)
+        folds = fold_checkpoints(args.checkpoint)
+        # predict everything first: a bad input stops the command before anything is written
+        predicted = [(name, ckpt, *predict_manifest(ckpt, manifest)) for name, ckpt in folds]
+        if len(predicted) == 1:
+            name, ckpt, preds, pmf, alpha = predicted[0]
+            metrics = evaluate_one(preds, pmf, alpha, out, figures=not args.no_figures, horizons=horizons)
+            metrics.update({"checkpoint": str(ckpt), "manifest": str(manifest)})
+            _atomic_json(metrics, out / "metrics.json")
+            log.info("C-index %s (oracle %s) on %d cases → %s", metrics.get("c_index"),
+                     metrics.get("c_index_oracle"), metrics["n"], out)
+            return 0
+        per_fold, stacked = [], []
+        for name, ckpt, preds, pmf, alpha in predicted:
+            m = evaluate_one(preds, pmf, alpha, out / name, title=name, figures=not args.no_figures,
+                             horizons=horizons)
+            per_fold.append({"fold": name, "checkpoint": str(ckpt), **m})
+            stacked.append(preds.assign(fold=name))
+        summary = {"manifest": str(manifest), "n_folds": len(per_fold), "aggregate": aggregate_folds(per_fold),
+                   "folds": per_fold}
+        write_table(pd.concat(stacked, ignore_index=True), out / "predictions.csv")
+        _atomic_json(summary, out / "metrics.json")
+        agg = summary["aggregate"].get("c_index")
+        if agg:
+            log.info("C-index %.3f ± %.3f over %d folds → %s", agg["mean"], agg["sd"], agg["n"], out)
+        return 0

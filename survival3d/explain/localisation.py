@@ -1,0 +1,140 @@
+r"""Does a heatmap point at the ground-truth lesion? Localisation metrics of one (D, H, W) heatmap against a binary
+lesion mask, all computed inside the *valid region* (the lung mask when there is one, else the whole volume).
+
+Columns (``LOCALISATION_COLUMNS``, the names used in ``localisation.csv``):
+
+* ``pointing_game``: 1 when the heatmap's maximum (over the valid region; on ties — e.g. a whole cubelet of a
+  nearest-upsampled map — the tied voxel closest to the centroid of the tied voxels)
+  lies inside the mask, or within ``tolerance`` voxels (Euclidean) of it; else 0. A constant map scores 0.
+* ``energy_pg``: energy-based pointing game (Wang et al., Score-CAM, CVPRW 2020):
+  :math:`\sum_{v \in mask} h^+(v) / \sum_{v \in valid} h^+(v)` at voxel level, with :math:`h^+ = \max(h, 0)`
+  (**negative heatmap values are clipped to 0**). NaN for an all-zero map.
+* ``energy_pg_cubelet``: the same at the model's cubelet resolution — the clipped mass is summed per cubelet
+  (``patch_size``\ :sup:`3` voxels, volume padded at the far end), and the mass on cubelets that overlap the mask
+  is divided by the total. The fair figure for a cubelet-level map such as the head's p.
+* ``auroc``: area under the ROC curve of the raw (unclipped) voxel scores against the mask over the valid region
+  (:func:`sklearn.metrics.roc_auc_score`; ties count one half).
+* ``dice_topk``: Dice between the mask and the top-:math:`k` fraction of valid voxels by heatmap value;
+  :math:`k` = the mask fraction of the valid region by default (ties broken by a stable sort in C order).
+* ``chance_energy``: mask voxels ÷ valid voxels, the ``energy_pg`` of a uniform heatmap.
+
+Cases without a lesion (empty mask) have no localisation score: :func:`localisation_metrics` returns NaN for them
+and the caller reports them separately.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["LOCALISATION_COLUMNS", "localisation_metrics", "cubelet_sum"]
+
+LOCALISATION_COLUMNS = ("pointing_game", "energy_pg", "energy_pg_cubelet", "auroc", "dice_topk", "chance_energy")
+
+
+def cubelet_sum(x: np.ndarray, patch_size: int) -> np.ndarray:
+    """Sum a (D, H, W) array over non-overlapping ``patch_size``\\ :sup:`3` cubes (zero-padded at the far end)."""
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be >= 1, got {patch_size}.")
+    pad = [(0, (-s) % patch_size) for s in x.shape]
+    x = np.pad(x, pad)
+    d, h, w = (s // patch_size for s in x.shape)
+    return x.reshape(d, patch_size, h, patch_size, w, patch_size).sum(axis=(1, 3, 5))
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else float("nan")
+
+
+def localisation_metrics(
+    heatmap,
+    mask,
+    *,
+    lung_mask=None,
+    patch_size: int | None = None,
+    tolerance: float = 0.0,
+    topk: float | None = None,
+) -> dict[str, float]:
+    """Localisation metrics of one heatmap (see the module docstring for each column).
+
+    Args:
+        heatmap: (D, H, W) scores, larger = more important.
+        mask: (D, H, W) ground-truth lesion mask (non-zero = lesion).
+        lung_mask: optional (D, H, W) valid region; an empty lung mask falls back to the whole volume.
+        patch_size: the model's cubelet edge, for ``energy_pg_cubelet`` (NaN when None).
+        tolerance: pointing-game tolerance in voxels.
+        topk: fraction of valid voxels kept for ``dice_topk``; default the mask fraction.
+
+    Returns:
+        ``{column: value}`` for every name in ``LOCALISATION_COLUMNS`` (NaN for an empty mask), plus
+        ``peak_to_mean`` (max ÷ mean of the clipped heatmap over the valid region; 1 for a flat map), defined for
+        every case including those without a lesion.
+    """
+    h = np.asarray(heatmap, dtype=np.float64)
+    m = np.asarray(mask) > 0
+    if h.ndim != 3 or h.shape != m.shape:
+        raise ValueError(f"heatmap {h.shape} and mask {m.shape} must be the same (D, H, W) shape.")
+    if not np.isfinite(h).all():
+        raise ValueError("heatmap contains NaN or infinite values.")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}.")
+    if topk is not None and not 0 < topk <= 1:
+        raise ValueError(f"topk must be in (0, 1], got {topk}.")
+    valid = np.ones_like(m) if lung_mask is None else np.asarray(lung_mask) > 0
+    if valid.shape != m.shape:
+        raise ValueError(f"lung mask {valid.shape} must match the mask {m.shape}.")
+    if not valid.any():
+        valid = np.ones_like(m)
+    hp = np.where(valid, np.clip(h, 0.0, None), 0.0)
+    total = hp.sum()
+    mean_valid = hp[valid].mean()
+    out = {"peak_to_mean": _ratio(hp.max(), mean_valid)}
+    mv = m & valid
+    if not mv.any():
+        out.update({c: float("nan") for c in LOCALISATION_COLUMNS})
+        return out
+
+    # pointing game
+    if np.ptp(h[valid]) == 0:  # a constant map points nowhere
+        out["pointing_game"] = 0.0
+    else:
+        hv = np.where(valid, h, -np.inf)
+        peaks = np.argwhere(hv == hv.max())
+        # ties (e.g. a whole cubelet of a nearest-upsampled map): the tied voxel nearest to their centroid
+        idx = tuple(peaks[np.argmin(((peaks - peaks.mean(0)) ** 2).sum(1))])
+        if tolerance == 0:
+            hit = bool(m[idx])
+        else:
+            from scipy.ndimage import distance_transform_edt
+
+            hit = bool(distance_transform_edt(~m)[idx] <= tolerance)
+        out["pointing_game"] = float(hit)
+
+    out["energy_pg"] = _ratio(hp[mv].sum(), total)
+    if patch_size is None:
+        out["energy_pg_cubelet"] = float("nan")
+    else:
+        mass = cubelet_sum(hp, patch_size)
+        on_mask = cubelet_sum(mv.astype(np.float64), patch_size) > 0
+        out["energy_pg_cubelet"] = _ratio(mass[on_mask].sum(), mass.sum())
+
+    labels, scores = mv[valid], h[valid]
+    if labels.all():
+        out["auroc"] = float("nan")
+    else:
+        from sklearn.metrics import roc_auc_score
+
+        out["auroc"] = float(roc_auc_score(labels, scores))
+
+    n_valid = int(valid.sum())
+    frac = labels.mean() if topk is None else topk
+    n_top = max(1, int(round(frac * n_valid)))
+    top = np.zeros(n_valid, dtype=bool)
+    top[np.argsort(-scores, kind="stable")[:n_top]] = True
+    out["dice_topk"] = float(2.0 * (top & labels).sum() / (top.sum() + labels.sum()))
+    out["chance_energy"] = float(labels.mean())
+    for k, v in out.items():
+        if isinstance(v, float) and math.isinf(v):
+            out[k] = float("nan")
+    return out

@@ -1,0 +1,207 @@
+"""Run explainers over cases, write every heatmap as NIfTI + pictures, score them against the GT masks and build
+the localisation leaderboard (what ``run.py explain`` does once the model and cases are loaded)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from survival3d.explain.base import EXPLAINERS, Unsupported, patch_size_of, run_model
+from survival3d.explain.io import plot_3d, plot_overlays, save_nifti, source_geometry, to_source_grid
+from survival3d.explain.localisation import LOCALISATION_COLUMNS, localisation_metrics
+
+__all__ = ["Case", "explain_cases", "leaderboard", "safe_name", "write_leaderboard", "write_table"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Case:
+    """One case to explain.
+
+    Attributes:
+        id: case id (used in file names, made file-safe).
+        batch: a data-path batch of size 1 (``image`` (1, 1, D, H, W), optional ``mask``, ``lung_mask``,
+            ``cov_num``, ``cov_cat``, ``time``, ``event``).
+        source: the source image file; heatmaps are resampled onto its grid and written with its affine.
+        model_affine: the model-space affine (the data path's MetaTensor affine) when known; see
+            :func:`~survival3d.explain.io.to_source_grid`.
+    """
+
+    id: str
+    batch: dict
+    source: str | Path | None = None
+    model_affine: np.ndarray | None = None
+
+
+def safe_name(name: str) -> str:
+    """A case id as a file-safe folder name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)) or "case"
+
+
+def _np(x) -> np.ndarray | None:
+    if x is None:
+        return None
+    return (x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x))[0, 0]
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_text(text: str, path: Path) -> Path:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def explain_cases(
+    model: torch.nn.Module,
+    cases: Iterable[Case],
+    methods: Sequence[str],
+    out_dir: str | Path,
+    *,
+    tolerance: float = 0.0,
+    topk: float | None = None,
+    views: bool = True,
+    progress: bool = True,
+    total: int | None = None,
+) -> pd.DataFrame:
+    """Explain every case with every method; write files under ``out_dir/cases/<id>/`` and return the
+    localisation table (one row per case × heatmap method; RGB views get files but no row).
+
+    Files per case and method: ``<method>.nii.gz`` (on the source grid with the source affine when the case has a
+    source file), and with ``views``: ``<method>_overlay.png`` (three planes) and ``<method>_3d.png``.
+    Metrics are computed in model space, where the heatmap, the lesion mask and the cubelet grid live.
+    """
+    from tqdm.auto import tqdm
+
+    explainers = {m: EXPLAINERS.build(m) for m in methods}
+    out_dir = Path(out_dir)
+    rows = []
+    for case in tqdm(cases, desc="explain", unit="case", disable=not progress, total=total):
+        batch = case.batch
+        image = _np(batch["image"])
+        mask = _np(batch.get("mask"))
+        lung = _np(batch.get("lung_mask"))
+        has_lesion = mask is not None and bool((mask > 0).any())
+        with torch.no_grad():
+            out = run_model(model, batch)
+        grid = out.p.shape[2:] if out.p is not None else next(iter(out.features.values())).shape[2:]
+        ps = patch_size_of(model, image.shape, grid)
+        if case.source is not None:
+            src_affine, src_shape = source_geometry(case.source)
+        else:
+            src_affine = case.model_affine if case.model_affine is not None else np.eye(4)
+            src_shape = image.shape
+        case_dir = out_dir / "cases" / safe_name(case.id)
+        for name, explainer in list(explainers.items()):
+            try:
+                heat = explainer(model, batch)[0].numpy()  # (C, D, H, W)
+            except Unsupported as e:  # the model lacks what this method needs (e.g. a head without a p map)
+                log.warning("skipping explainer '%s' for every case: %s", name, e)
+                del explainers[name]
+                continue
+            on_source = to_source_grid(heat, src_shape, src_affine=src_affine, model_affine=case.model_affine)
+            save_nifti(on_source, src_affine, case_dir / f"{name}.nii.gz")
+            rgb = explainer.kind == "rgb"
+            if views:
+                title = f"{case.id} · {name}"
+                plot_overlays(image, heat if rgb else heat[0], case_dir / f"{name}_overlay.png", mask=mask,
+                              lung_mask=lung, affine=case.model_affine if case.model_affine is not None
+                              else (src_affine if case.source is not None else None), title=title, rgb=rgb)
+                if not rgb:
+                    plot_3d(heat[0], case_dir / f"{name}_3d.png", lung_mask=lung, mask=mask, title=title)
+            if rgb:
+                continue
+            row = {"case_id": case.id, "method": name, "has_lesion": has_lesion}
+            row.update(localisation_metrics(heat[0], mask if mask is not None else np.zeros_like(heat[0]),
+                                            lung_mask=lung, patch_size=ps, tolerance=tolerance, topk=topk))
+            row["pred_time"] = float(out.pred[0])
+            for key in ("time", "event"):
+                if torch.is_tensor(batch.get(key)):
+                    row[key] = float(batch[key].reshape(-1)[0])
+            rows.append(row)
+    cols = ["case_id", "method", "has_lesion", *LOCALISATION_COLUMNS, "peak_to_mean"]
+    df = pd.DataFrame(rows)
+    return df[cols + [c for c in df.columns if c not in cols]] if len(df) else pd.DataFrame(columns=cols)
+
+
+def leaderboard(table: pd.DataFrame) -> tuple[dict, str]:
+    """Method → mean ± sd (ddof=1) of each localisation metric over the cases *with* a lesion; cases without a
+    lesion are summarised separately (count and ``peak_to_mean``, which is 1 for a flat map).
+
+    Returns:
+        (JSON-ready dict, markdown text). Methods are ranked by ``energy_pg`` (then ``pointing_game``).
+    """
+    lesion = table[table["has_lesion"].astype(bool)] if len(table) else table
+    no_lesion = table[~table["has_lesion"].astype(bool)] if len(table) else table
+    board: dict = {"lesion": {}, "no_lesion": {}}
+
+    def stats(col: pd.Series) -> dict:
+        v = col.astype(float)
+        v = v[np.isfinite(v)]
+        return {"mean": float(v.mean()) if len(v) else None, "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
+                "n": int(len(v))}
+
+    for method, g in lesion.groupby("method", sort=False):
+        board["lesion"][method] = {c: stats(g[c]) for c in LOCALISATION_COLUMNS}
+    for method, g in no_lesion.groupby("method", sort=False):
+        board["no_lesion"][method] = {"n": int(len(g)), "peak_to_mean": stats(g["peak_to_mean"])}
+
+    def key(m):
+        s = board["lesion"][m]
+        return tuple(-(s[c]["mean"] if s[c]["mean"] is not None else -np.inf) for c in ("energy_pg", "pointing_game"))
+
+    ranked = sorted(board["lesion"], key=key)
+    board["ranking"] = ranked
+
+    def fmt(s):
+        if s["mean"] is None:
+            return "n/a"
+        return f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["sd"] is not None else f"{s['mean']:.3f}"
+
+    n_cases = int(lesion["case_id"].nunique()) if len(lesion) else 0
+    lines = [
+        "# Localisation leaderboard",
+        "",
+        f"Cases with a lesion: {n_cases}; mean ± sd over cases; ranked by `energy_pg`. "
+        "Read every energy figure against `chance_energy` (the energy of a uniform map).",
+        "",
+        "| method | " + " | ".join(LOCALISATION_COLUMNS) + " |",
+        "|---|" + "---|" * len(LOCALISATION_COLUMNS),
+    ]
+    for m in ranked:
+        lines.append(f"| {m} | " + " | ".join(fmt(board['lesion'][m][c]) for c in LOCALISATION_COLUMNS) + " |")
+    if board["no_lesion"]:
+        lines += ["", "## Cases without a lesion (not in the ranking)", "", "| method | n | peak_to_mean |",
+                  "|---|---|---|"]
+        for m, s in board["no_lesion"].items():
+            lines.append(f"| {m} | {s['n']} | {fmt(s['peak_to_mean'])} |")
+    return board, "\n".join(lines) + "\n"
+
+
+def write_leaderboard(table: pd.DataFrame, out_dir: str | Path) -> dict:
+    """``localisation.csv``, ``leaderboard.json`` and ``leaderboard.md`` under ``out_dir`` (atomic writes)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_table(table, out_dir / "localisation.csv")
+    board, md = leaderboard(table)
+    _write_text(json.dumps(board, indent=2, allow_nan=False), out_dir / "leaderboard.json")
+    _write_text(md, out_dir / "leaderboard.md")
+    return board

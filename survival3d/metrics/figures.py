@@ -1,0 +1,132 @@
+"""Evaluation figures (matplotlib, Agg backend): predicted vs observed time, Kaplan–Meier curves by predicted-risk
+tertile with the log-rank p-value, and calibration of the predicted survival at a few horizons."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from survival3d.metrics.survival import pmf_to_survival, survival_at
+
+__all__ = ["plot_pred_vs_observed", "plot_km_by_risk_tertile", "plot_calibration", "save_figure"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Save atomically (temp file + rename) and close the figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    _plt().close(fig)
+    return path
+
+
+def plot_pred_vs_observed(predictions: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Scatter of predicted vs observed time with the y = x line; censored cases hollow (their true time is later,
+    so a point above the line is not an error). A second panel against ``expected_time`` when present."""
+    plt = _plt()
+    has_exp = "expected_time" in predictions.columns and predictions["expected_time"].notna().all()
+    fig, axes = plt.subplots(1, 2 if has_exp else 1, figsize=(10 if has_exp else 5, 4.6), squeeze=False)
+    ev = predictions["event"].to_numpy().astype(bool)
+    pred = predictions["pred_time"].to_numpy(float)
+    panels = [("time", "observed time")] + ([("expected_time", "expected (noise-free) time")] if has_exp else [])
+    for ax, (col, label) in zip(axes[0], panels):
+        x = predictions[col].to_numpy(float)
+        ax.scatter(x[ev], pred[ev], s=18, c="tab:blue", label=f"event (n={ev.sum()})")
+        ax.scatter(
+            x[~ev], pred[~ev], s=18, facecolors="none", edgecolors="tab:orange", label=f"censored (n={(~ev).sum()})"
+        )
+        lo = float(min(x.min(), pred.min()))
+        hi = float(max(x.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+        ax.set_xlabel(label)
+        ax.set_ylabel("predicted time")
+        ax.legend(loc="upper left", fontsize=8)
+        ax.set_aspect("equal", adjustable="datalim")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_km_by_risk_tertile(predictions: pd.DataFrame, path: str | Path, title: str = "") -> tuple[Path, float]:
+    """Kaplan–Meier curves of the observed times in the low / mid / high predicted-risk tertiles.
+
+    Returns:
+        (path, p-value of lifelines' multivariate log-rank test across the tertiles; NaN with < 2 groups).
+    """
+    from lifelines import KaplanMeierFitter
+    from lifelines.statistics import multivariate_logrank_test
+
+    plt = _plt()
+    risk = predictions["risk"].to_numpy(float)
+    time = predictions["time"].to_numpy(float)
+    event = predictions["event"].to_numpy().astype(int)
+    groups = pd.qcut(pd.Series(risk).rank(method="first"), 3, labels=["low risk", "mid risk", "high risk"])
+    groups = groups.astype(str).to_numpy()
+    p = float("nan")
+    if len(set(groups)) > 1 and event.sum() > 0:
+        p = float(multivariate_logrank_test(time, groups, event).p_value)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, colour in zip(["low risk", "mid risk", "high risk"], ["tab:green", "tab:orange", "tab:red"]):
+        sel = groups == name
+        if sel.any():
+            KaplanMeierFitter(label=f"{name} (n={sel.sum()})").fit(time[sel], event[sel]).plot_survival_function(
+                ax=ax, color=colour, ci_show=True
+            )
+    ax.set_xlabel("time")
+    ax.set_ylabel("survival probability")
+    ax.set_title((title + "\n" if title else "") + f"KM by predicted-risk tertile, log-rank p = {p:.2g}")
+    return save_figure(fig, path), p
+
+
+def plot_calibration(
+    predictions: pd.DataFrame, pmf: np.ndarray, horizons, path: str | Path, n_bins: int = 4, title: str = ""
+) -> Path:
+    """Calibration at each horizon t: cases binned by predicted S(t) (quantile bins); mean predicted S(t) per bin
+    against the Kaplan–Meier estimate of S(t) in that bin (with its 95% CI), and the y = x line."""
+    from lifelines import KaplanMeierFitter
+
+    plt = _plt()
+    horizons = np.atleast_1d(np.asarray(horizons, dtype=float))
+    surv = survival_at(pmf_to_survival(pmf), horizons)
+    time = predictions["time"].to_numpy(float)
+    event = predictions["event"].to_numpy().astype(int)
+    fig, axes = plt.subplots(1, max(1, horizons.size), figsize=(4 * max(1, horizons.size), 4), squeeze=False)
+    for ax, k in zip(axes[0], range(horizons.size)):
+        t = horizons[k]
+        s = surv[:, k]
+        bins = pd.qcut(pd.Series(s).rank(method="first"), min(n_bins, len(s)), labels=False).to_numpy()
+        xs, ys, lo, hi = [], [], [], []
+        for b in np.unique(bins):
+            sel = bins == b
+            km = KaplanMeierFitter().fit(time[sel], event[sel])
+            xs.append(s[sel].mean())
+            ys.append(float(km.survival_function_at_times(t).iloc[0]))
+            ci = km.confidence_interval_survival_function_
+            row = ci[ci.index <= t]
+            lo.append(float(row.iloc[-1, 0]) if len(row) else 1.0)
+            hi.append(float(row.iloc[-1, 1]) if len(row) else 1.0)
+        ys, lo, hi = np.array(ys), np.array(lo), np.array(hi)
+        ax.errorbar(xs, ys, yerr=[np.clip(ys - lo, 0, None), np.clip(hi - ys, 0, None)], fmt="o-", capsize=3)
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(f"predicted S({t:g})")
+        ax.set_ylabel(f"observed KM S({t:g})")
+        ax.set_title(f"t = {t:g}")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
