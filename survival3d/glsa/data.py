@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from survival3d.errors import ConfigError, InputError
+from survival3d.layers.attention import build_with_context
 from survival3d.registry import Registry
 
 __all__ = [
@@ -185,7 +186,7 @@ def _index_images(folders: Sequence[Path]) -> dict[str, Path]:
     return index
 
 
-def _attach_images(df: pd.DataFrame, ids: pd.Series, folders: Sequence[Path], csv: Path, field: str) -> list[Path]:
+def _attach_images(ids: pd.Series, folders: Sequence[Path], csv: Path, field: str) -> list[Path]:
     index = _index_images(folders)
     missing = [i for i in ids if i not in index]
     if missing:
@@ -228,7 +229,7 @@ def read_ham10000(root: str | Path) -> pd.DataFrame:
         raise InputError(f"age must be a non-negative number or empty: {_bad_rows(bad_age, df, 'age')}.", path=csv, field="age")
     folders = [root / d for d in HAM10000_IMAGE_DIRS]
     out = df.assign(dx=dx, age=age, label=dx.map({c: i for i, c in enumerate(HAM10000_CLASSES)}).astype(int))
-    out["path"] = _attach_images(out, out["image_id"], folders, csv, "image_id")
+    out["path"] = _attach_images(out["image_id"], folders, csv, "image_id")
     return out
 
 
@@ -255,7 +256,7 @@ def _read_isic_gt(csv: Path, folder: Path) -> pd.DataFrame:
     if empty.any() or df["image"].duplicated().any():
         raise InputError("image ids must be non-empty and unique.", path=csv, field="image")
     out = df[["image"]].assign(label=onehot.argmax(1))
-    out["path"] = _attach_images(out, out["image"], [folder], csv, "image")
+    out["path"] = _attach_images(out["image"], [folder], csv, "image")
     return out
 
 
@@ -386,13 +387,18 @@ def digits(root: str | None = None, image_size: int = 32, val_frac: float = 0.2,
     return SplitData(train, val, classes, d.target[tr], d.target[va], mean, std)
 
 
-def build_dataset(name: str, **kwargs) -> SplitData:
-    """Build a registered dataset; file-based datasets need ``root`` (a ConfigError when it is not set)."""
-    if name.lower() != "digits" and not kwargs.get("root"):
-        raise ConfigError(f"data.root must point at the {name} folder.")
+def build_dataset(name: str, **options) -> SplitData:
+    """Build a registered dataset with those ``options`` it takes (a whole ``data`` config section can be passed).
+
+    Raises:
+        ConfigError: unknown dataset, or a file-based dataset without ``root``.
+    """
+    DATASETS.get(name)  # unknown names fail here, with a did-you-mean
     if name.lower() == "digits":
-        kwargs.setdefault("root", None)
-    return DATASETS.get(name)(**kwargs)
+        options["root"] = None
+    elif not options.get("root"):
+        raise ConfigError(f"data.root must point at the {name} folder.")
+    return build_with_context(DATASETS, name, **options)
 
 
 def make_loader(ds: Dataset, labels: np.ndarray, *, batch_size: int, train: bool, weighted_sampler: bool = False,

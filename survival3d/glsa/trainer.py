@@ -343,7 +343,7 @@ def _train(cfg: DictConfig, run_dir: Path, name: str) -> dict[str, Any]:
     d = cfg.data
     data = build_dataset(
         d.name, root=d.root, image_size=d.image_size, val_frac=d.val_frac, split_seed=d.split_seed, augment=d.augment,
-        max_samples=d.max_samples, **({"official_val": d.official_val} if d.name == "isic2018" else {}),
+        max_samples=d.max_samples, official_val=d.official_val,
     )
     counts = class_counts(data.train_labels, data.num_classes)
     train_loader = make_loader(data.train, data.train_labels, batch_size=d.batch_size, train=True,
@@ -399,8 +399,9 @@ def _train(cfg: DictConfig, run_dir: Path, name: str) -> dict[str, Any]:
             if sched is not None:
                 sched.step(score) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
                 new_lr = opt.param_groups[0]["lr"]
-                if new_lr != lr:
-                    log.debug("learning rate changed %.2e -> %.2e", lr, new_lr)
+                if new_lr != lr:  # a plateau reduction is news; a cosine schedule changes it every epoch
+                    level = logging.INFO if cfg.optim.scheduler == "plateau" else logging.DEBUG
+                    log.log(level, "learning rate changed %.2e -> %.2e", lr, new_lr)
             if cfg.train.early_stopping_patience and stale >= cfg.train.early_stopping_patience:
                 log.info("early stopping: no %s improvement for %d epochs (best %.4f at epoch %d)", cfg.train.monitor, stale, best, best_epoch)
                 break

@@ -80,3 +80,18 @@ def test_glsa_experiments_cli_writes_tables_and_resumes(tmp_path, caplog):
         assert main(["glsa-experiments", "--plan", str(path)]) == 0
     assert "4 finished, 0 to train" in caplog.text
     assert (out / "runs" / "digits_resnet18_s0_original_original_cbam" / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_cli_registers_the_glsa_commands(capsys):
+    from survival3d.cli import COMMANDS, build_parser
+
+    build_parser()
+    assert {"glsa-train", "glsa-experiments"} <= set(COMMANDS.keys()) and "glsa" not in COMMANDS
+    with pytest.raises(SystemExit) as e:
+        main(["glsa-experiments", "--help"])
+    assert e.value.code == 0 and "--plan" in capsys.readouterr().out
+
+
+def test_cli_unknown_config_key_exits_2(tmp_path, capsys):
+    assert main(["glsa-train", "--config", "configs/glsa/digits.yaml", "model.fusoin=learnable_gate"]) == 2
+    assert "Did you mean 'fusion'" in capsys.readouterr().err
