@@ -8,7 +8,7 @@ several studies share it, under ``{output_dir}/runs/{dataset}_{backbone}_s{seed}
 a run whose ``results.json`` exists is skipped, so an interrupted plan resumes where it stopped.
 
 Tables (``{output_dir}/tables/{study}_{dataset}.md`` and ``.tex``, all together in ``tables.md``) give, per row,
-the mean ± sd over seeds of accuracy, balanced accuracy and macro-F1, the parameter count, the mean training
+the mean ± sd over seeds of accuracy, balanced accuracy and macro-F1, the exact parameter count, the mean training
 time, and the p-value of a paired t-test (``scipy.stats.ttest_rel``, pairs = seeds) of the plan's ``metric``
 against the row's baseline.
 """
@@ -21,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -247,7 +247,7 @@ def study_table(df: pd.DataFrame, study, dataset: str, metric: str) -> pd.DataFr
             p = "n/a" if math.isnan(pv) else (f"{pv:.3f}" if pv >= 0.001 else "<0.001")
         rows.append({
             "Backbone": row[0], "Attention": row[1], "Fusion": row[2], "Residual": row[3],
-            "Params (M)": f"{r['params'].iloc[0] / 1e6:.2f}" if len(r) else "–",
+            "Params": f"{int(r['params'].iloc[0]):,}" if len(r) else "–",
             "Time (s)": _mean_sd(r["train_time_s"].to_numpy(), 1.0, 0) if len(r) else "–",
             "Accuracy (%)": _mean_sd(r["accuracy"].to_numpy()) if len(r) else "–",
             "Bal. acc. (%)": _mean_sd(r["balanced_accuracy"].to_numpy()) if len(r) else "–",
