@@ -6,6 +6,16 @@ from survival3d.errors import ConfigError, InputError
 from survival3d.glsa.backbones import BACKBONES, GLSANet, create_model, pretrained_weights_path
 from survival3d.glsa.block import GLSABlock
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The test machine's cores are shared: one torch thread avoids OpenMP oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 EXPECTED = {f"resnet{d}" for d in (18, 34, 50, 101, 152)} | {f"vgg{d}{s}" for d in (11, 13, 16, 19) for s in ("", "_bn")}
 # channels after the last stage, and the number of stages
 LAST = {"resnet18": (512, 4), "resnet34": (512, 4), "resnet50": (2048, 4), "resnet101": (2048, 4), "resnet152": (2048, 4)}

@@ -12,6 +12,15 @@ from survival3d.glsa.config import GLSAConfig
 from survival3d.glsa.trainer import classification_metrics, make_run_name, train
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The test machine's cores are shared: one torch thread avoids OpenMP oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_classification_metrics_match_sklearn(rng):
     y = rng.integers(0, 5, 300)
     p = np.where(rng.random(300) < 0.6, y, rng.integers(0, 5, 300))
@@ -31,16 +40,11 @@ def test_run_name_pattern():
 def test_learns_sklearn_digits(tmp_path):
     """A real create_model GLSA network (narrow ResNet-18 + CBAM) on scikit-learn's digits 0-6 (8x8 upsampled to
     32x32): >= 90% validation accuracy on CPU in under two minutes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared; one thread avoids oversubscription
-    try:
-        cfg = load_config("configs/glsa/digits.yaml", [f"train.output_dir={tmp_path}", "train.seed=" + str(int(time.time()) % 1000)],
-                          schema=GLSAConfig)
-        t0 = time.perf_counter()
-        res = train(cfg)
-        elapsed = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
+    cfg = load_config("configs/glsa/digits.yaml", [f"train.output_dir={tmp_path}", "train.seed=" + str(int(time.time()) % 1000)],
+                      schema=GLSAConfig)
+    t0 = time.perf_counter()
+    res = train(cfg)
+    elapsed = time.perf_counter() - t0
     assert res["accuracy"] >= 0.90, res
     assert elapsed < 120, elapsed
     run = tmp_path / "digits_resnet18_original_original_cbam"
