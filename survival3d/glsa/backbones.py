@@ -6,8 +6,8 @@ layer2, layer3, layer4; VGG: the five blocks ending in a max-pool), inserts a :c
 stage (default: the last), and replaces the final linear layer by one with ``num_classes`` outputs.
 
 ImageNet weights are never downloaded: with ``pretrained=True`` they are read from ``weights_path`` or from the
-torch hub cache (``$TORCH_HOME/hub/checkpoints/<torchvision file name>``), and a missing file is an
-:class:`InputError` that names the URL and the place to put it.
+torch hub cache (``$TORCH_HOME/hub/checkpoints/<torchvision file name>``, any of torchvision's weight sets for the
+network, its default first), and a missing file is an :class:`InputError` that names the URL and the place to put it.
 """
 
 from __future__ import annotations
@@ -104,17 +104,28 @@ class _NarrowResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
+def _weight_files(backbone_name: str) -> list[tuple[Path, str]]:
+    """Hub-cache paths and URLs of every torchvision ImageNet weight set of ``backbone_name``, DEFAULT first."""
+    enum = torchvision.models.get_model_weights(backbone_name)
+    # IMAGENET1K_FEATURES (vgg16) has no classifier weights: not a whole network
+    members = [enum.DEFAULT] + [w for w in enum if w is not enum.DEFAULT and "FEATURES" not in w.name]
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    return [(checkpoints / os.path.basename(w.url), w.url) for w in members]
+
+
 def pretrained_weights_path(backbone_name: str) -> tuple[Path, str]:
-    """Where the ImageNet weights of ``backbone_name`` are looked for in the torch hub cache, and their URL."""
-    weights = torchvision.models.get_model_weights(backbone_name).IMAGENET1K_V1
-    url = weights.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url
+    """Where torchvision's default ImageNet weights of ``backbone_name`` live in the torch hub cache, and their URL."""
+    return _weight_files(backbone_name)[0]
 
 
 def _load_imagenet(net: nn.Module, backbone_name: str, weights_path: str | os.PathLike | None) -> None:
-    cached, url = pretrained_weights_path(backbone_name)
-    path = Path(weights_path) if weights_path is not None else cached
+    files = _weight_files(backbone_name)
+    if weights_path is not None:
+        path = Path(weights_path)
+    else:  # any torchvision weight set already in the cache (e.g. IMAGENET1K_V1 or _V2), the default first
+        path = next((p for p, _ in files if p.is_file()), files[0][0])
     if not path.is_file():
+        cached, url = files[0]
         raise InputError(
             f"ImageNet weights for {backbone_name} not found (nothing is downloaded). Download {url} and save it as "
             f"{cached} (or set model.weights_path to the file), or use pretrained=false.",

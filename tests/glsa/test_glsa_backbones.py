@@ -104,3 +104,21 @@ def test_bad_arguments():
     with pytest.raises(ConfigError, match="glsa_stage"):
         with torch.device("meta"):
             create_model("resnet18", glsa_stage=5, input_size=32)
+
+
+def test_pretrained_uses_any_cached_weight_set(tmp_path, monkeypatch):
+    import torchvision.models as tvm
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    v1 = tvm.ResNet50_Weights.IMAGENET1K_V1  # not the default (V2): a cache holding only V1 must still work
+    path = tmp_path / "hub" / "checkpoints" / v1.url.rsplit("/", 1)[-1]
+    path.parent.mkdir(parents=True)
+    with torch.device("meta"):
+        ref = tvm.resnet50()
+    ref = ref.to_empty(device="cpu")
+    for p in ref.parameters():
+        torch.nn.init.normal_(p)
+    torch.save(ref.state_dict(), path)
+    assert pretrained_weights_path("resnet50")[0] != path
+    model = create_model("resnet50", True, 7, "none", input_size=32)
+    assert torch.equal(model.before[0][0].weight, ref.conv1.weight)
