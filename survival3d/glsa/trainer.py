@@ -48,6 +48,7 @@ __all__ = [
     "classification_metrics",
     "train",
     "evaluate",
+    "load_trained",
 ]
 
 log = logging.getLogger(__name__)
@@ -446,6 +447,29 @@ def _train(cfg: DictConfig, run_dir: Path, name: str) -> dict[str, Any]:
     finally:
         if wb is not None:
             wb.finish()
+
+
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GLSANet, list[str], DictConfig]:
+    """Rebuild the model of a run from its ``best.pt`` (or the run folder) in eval mode.
+
+    Returns ``(model, class_names, cfg)``. Pretrained weights are not needed: the checkpoint holds every weight.
+    """
+    from survival3d.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise InputError("no checkpoint here (expected a run folder with best.pt, or the file).", path=path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = OmegaConf.create(ckpt["config"])
+    m, d = cfg.model, cfg.data
+    model = create_model(
+        m.backbone, False, len(ckpt["class_names"]), _plain(m.attention), _plain(m.fusion), _plain(m.residual),
+        num_heads=m.num_heads, glsa_stage=m.glsa_stage, input_size=d.image_size, dropout=m.dropout, width=m.width,
+    )
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), list(ckpt["class_names"]), cfg
 
 
 def _plain(spec: Any) -> Any:
