@@ -1,0 +1,487 @@
+"""Training and evaluation of a GLSA classifier from a :class:`~survival3d.glsa.config.GLSAConfig`.
+
+A run writes, under ``{train.output_dir}/{train.run_name}_{fusion}_{residual}_{attention}/``:
+
+- ``config.yaml`` — the resolved config;
+- ``train.log`` — DEBUG-level log (the console shows INFO);
+- ``metrics.csv`` — one row per epoch (losses, accuracy, balanced accuracy, macro-F1, learning rate, time);
+- ``best.pt`` — the checkpoint with the best monitored validation metric (written atomically);
+- ``confusion_matrix.png``, ``per_class.csv`` — of the best checkpoint on the validation set;
+- ``gradcam.png`` — Grad-CAM on the GLSA block's output for a few validation images;
+- ``results.json`` — final metrics, parameter counts and training time (written last: its presence marks a
+  finished run, which the experiment runner skips);
+- ``wandb/`` — an offline Weights & Biases run when ``logging.wandb`` (``wandb sync`` uploads it later).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm.auto import tqdm
+
+from survival3d.config import save_config
+from survival3d.errors import ConfigError
+from survival3d.glsa.backbones import GLSANet, create_model
+from survival3d.glsa.data import SplitData, build_dataset, class_counts, make_loader
+from survival3d.glsa.losses import build_loss
+from survival3d.registry import Registry
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "MONITORS",
+    "spec_name",
+    "make_run_name",
+    "classification_metrics",
+    "train",
+    "evaluate",
+    "load_trained",
+]
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS: Registry = Registry("optimizer")
+SCHEDULERS: Registry = Registry("scheduler")
+MONITORS = {"balanced_accuracy": "max", "accuracy": "max", "macro_f1": "max", "loss": "min"}
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(params, cfg) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(params, cfg) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+
+
+@SCHEDULERS.register("plateau")
+def _plateau(opt, cfg, *, epochs: int, mode: str):
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+
+
+@SCHEDULERS.register("cosine")
+def _cosine(opt, cfg, *, epochs: int, mode: str):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1), eta_min=cfg.min_lr)
+
+
+@SCHEDULERS.register("none")
+def _constant(opt, cfg, *, epochs: int, mode: str):
+    return None
+
+
+def spec_name(spec: Any) -> str:
+    """The name in a strategy spec (``"cbam"`` or ``{name: cbam, ...}``)."""
+    if isinstance(spec, str):
+        return spec.lower()
+    if isinstance(spec, Mapping) or hasattr(spec, "items"):
+        return str(dict(spec.items()).get("name", "?")).lower()
+    raise ConfigError(f"a strategy must be a name or a mapping with 'name', got {spec!r}.")
+
+
+def make_run_name(base: str, fusion: Any, residual: Any, attention: Any) -> str:
+    """``{base}_{fusion}_{residual}_{attention}``, the GLSA design's run naming."""
+    return f"{base}_{spec_name(fusion)}_{spec_name(residual)}_{spec_name(attention)}"
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Accuracy, balanced accuracy (mean recall over classes present in ``y_true``), macro-F1 (over all classes,
+    0 for a class never predicted nor present), per-class recall and the confusion matrix (rows = truth)."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    tp = np.diag(cm).astype(float)
+    support, predicted = cm.sum(1), cm.sum(0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
+    present = support > 0
+    return {
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1.mean()),
+        "per_class_recall": recall.tolist(),
+        "support": support.tolist(),
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- file helpers
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
+
+
+@contextlib.contextmanager
+def _run_logging(run_dir: Path) -> Iterator[None]:
+    """DEBUG records of ``survival3d`` go to ``run_dir/train.log``; console handlers keep their level."""
+    pkg = logging.getLogger("survival3d")
+    root = logging.getLogger()
+    pinned = [h for h in root.handlers if h.level == logging.NOTSET]
+    for h in pinned:
+        h.setLevel(root.getEffectiveLevel())
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    old_level = pkg.level
+    pkg.addHandler(handler)
+    pkg.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        pkg.removeHandler(handler)
+        handler.close()
+        pkg.setLevel(old_level)
+        for h in pinned:
+            h.setLevel(logging.NOTSET)
+
+
+def _start_wandb(cfg: DictConfig, run_dir: Path, name: str):
+    if not cfg.logging.wandb:
+        return None
+    try:
+        import wandb
+
+        return wandb.init(
+            project=cfg.logging.wandb_project,
+            name=name,
+            dir=str(run_dir),
+            mode="offline",
+            config=OmegaConf.to_container(cfg, resolve=True),
+            reinit="finish_previous",
+        )
+    except Exception as e:  # noqa: BLE001 - a tracking failure must not stop training
+        log.warning("wandb disabled: %s", e)
+        return None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"train.device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name} but CUDA is not available.")
+    return dev
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------------- loops
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _train_epoch(model, loader, loss_fn, opt, device, amp, grad_clip, log_every, epoch) -> dict[str, float]:
+    model.train()
+    total, correct, loss_sum = 0, 0, 0.0
+    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, dynamic_ncols=True)
+    for i, (x, y) in enumerate(bar):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {epoch}, batch {i}.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        n = len(y)
+        total += n
+        loss_sum += loss.item() * n
+        correct += (logits.argmax(1) == y).sum().item()
+        bar.set_postfix(loss=f"{loss_sum / total:.4f}", acc=f"{correct / total:.3f}")
+        if log_every and i % log_every == 0:
+            log.debug("epoch %d batch %d loss %.4f", epoch, i, loss.item())
+    return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, loss_fn, device: torch.device, num_classes: int, amp: bool = False) -> dict[str, Any]:
+    """Validation loss and :func:`classification_metrics`, plus ``y_true`` / ``y_pred`` arrays."""
+    model.eval()
+    ys, preds, loss_sum, total = [], [], 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with _autocast(device, amp):
+            logits = model(x).float()
+        loss_sum += loss_fn(logits, y).item() * len(y)
+        total += len(y)
+        ys.append(y.cpu().numpy())
+        preds.append(logits.argmax(1).cpu().numpy())
+    y_true, y_pred = np.concatenate(ys), np.concatenate(preds)
+    return {"loss": loss_sum / max(total, 1), **classification_metrics(y_true, y_pred, num_classes), "y_true": y_true, "y_pred": y_pred}
+
+
+# ------------------------------------------------------------------------------------------------------ figures
+def save_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path, title: str = "") -> None:
+    """Row-normalised confusion matrix with counts, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * k, 0.8 + 0.8 * k))
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="recall")
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def save_gradcam(model: GLSANet, data: SplitData, device: torch.device, n: int, path: Path, seed: int) -> None:
+    """Grad-CAM (Selvaraju et al., ICCV 2017) on the GLSA block's output for ``n`` validation images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    n = min(n, len(data.val))
+    if n <= 0:
+        return
+    idx = np.random.default_rng(seed).choice(len(data.val), size=n, replace=False)
+    x = torch.stack([data.val[int(i)][0] for i in idx]).to(device)
+    labels = [int(data.val_labels[i]) for i in idx]
+    model.eval()
+    with torch.no_grad():
+        pred = model(x).argmax(1).tolist()
+    with GradCAM(model=model, target_layers=[model.glsa]) as cam:
+        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(p) for p in pred])
+    mean = torch.tensor(data.mean).view(3, 1, 1)
+    std = torch.tensor(data.std).view(3, 1, 1)
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.6), squeeze=False)
+    for j in range(n):
+        rgb = (x[j].detach().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        axes[0, j].imshow(rgb)
+        axes[0, j].set_title(f"true {data.class_names[labels[j]]}", fontsize=8)
+        axes[1, j].imshow(show_cam_on_image(rgb.astype(np.float32), maps[j], use_rgb=True))
+        axes[1, j].set_title(f"pred {data.class_names[pred[j]]}", fontsize=8)
+        for ax in axes[:, j]:
+            ax.axis("off")
+    fig.suptitle("Grad-CAM on the GLSA block output", fontsize=9)
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------- train
+def _write_metrics_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    import pandas as pd
+
+    _atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g"))
+
+
+def train(cfg: DictConfig, *, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Train one GLSA classifier; returns the content of ``results.json`` (see the module docstring)."""
+    if cfg.train.monitor not in MONITORS:
+        raise ConfigError(f"train.monitor must be one of {sorted(MONITORS)}, got {cfg.train.monitor!r}.")
+    if cfg.train.epochs < 1:
+        raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}.")
+    m = cfg.model
+    name = make_run_name(cfg.train.run_name, m.fusion, m.residual, m.attention)
+    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.train.output_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    with _run_logging(run_dir):
+        return _train(cfg, run_dir, name)
+
+
+def _train(cfg: DictConfig, run_dir: Path, name: str) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    log.info("run %s -> %s", name, run_dir)
+    log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
+    _seed_everything(cfg.train.seed)
+    device = _device(cfg.train.device)
+    d = cfg.data
+    data = build_dataset(
+        d.name, root=d.root, image_size=d.image_size, val_frac=d.val_frac, split_seed=d.split_seed, augment=d.augment,
+        max_samples=d.max_samples, official_val=d.official_val,
+    )
+    counts = class_counts(data.train_labels, data.num_classes)
+    train_loader = make_loader(data.train, data.train_labels, batch_size=d.batch_size, train=True,
+                               weighted_sampler=d.weighted_sampler, num_workers=d.num_workers, seed=cfg.train.seed,
+                               pin_memory=device.type == "cuda")
+    val_loader = make_loader(data.val, data.val_labels, batch_size=d.batch_size, train=False, num_workers=d.num_workers)
+    if d.weighted_sampler:
+        log.info("WeightedRandomSampler: sampling probability proportional to 1 / class count")
+
+    m = cfg.model
+    model = create_model(
+        m.backbone, m.pretrained, data.num_classes, _plain(m.attention), _plain(m.fusion), _plain(m.residual),
+        num_heads=m.num_heads, glsa_stage=m.glsa_stage, input_size=d.image_size, weights_path=m.weights_path, dropout=m.dropout,
+        width=m.width,
+    ).to(device)
+    params = model.count_parameters()
+    log.info("%s + GLSA after stage %d: %s", m.backbone, model.glsa_stage, ", ".join(f"{k}={v:,}" for k, v in params.items()))
+    loss_fn = build_loss(**OmegaConf.to_container(cfg.loss, resolve=True), class_counts=counts).to(device)
+    log.info("loss %s (%s)", cfg.loss.name, loss_fn)
+    opt = OPTIMIZERS.get(cfg.optim.name)(model.parameters(), cfg.optim)
+    mode = MONITORS[cfg.train.monitor]
+    sched = SCHEDULERS.get(cfg.optim.scheduler)(opt, cfg.optim, epochs=cfg.train.epochs, mode=mode)
+    wb = _start_wandb(cfg, run_dir, name)
+
+    best, best_epoch, stale, rows = None, 0, 0, []
+    ckpt = run_dir / "best.pt"
+    try:
+        for epoch in range(1, cfg.train.epochs + 1):
+            t0 = time.perf_counter()
+            lr = opt.param_groups[0]["lr"]
+            tr = _train_epoch(model, train_loader, loss_fn, opt, device, cfg.train.amp, cfg.train.grad_clip, cfg.logging.log_every, epoch)
+            va = evaluate(model, val_loader, loss_fn, device, data.num_classes, cfg.train.amp)
+            score = va[cfg.train.monitor]
+            row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "val_loss": va["loss"],
+                   "val_accuracy": va["accuracy"], "val_balanced_accuracy": va["balanced_accuracy"], "val_macro_f1": va["macro_f1"],
+                   "lr": lr, "time_s": time.perf_counter() - t0}
+            rows.append(row)
+            _write_metrics_csv(rows, run_dir / "metrics.csv")
+            if wb is not None:
+                wb.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            improved = best is None or (score > best if mode == "max" else score < best)
+            log.info("epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f bal-acc %.3f macro-F1 %.3f | lr %.2e%s",
+                     epoch, cfg.train.epochs, tr["loss"], tr["accuracy"], va["loss"], va["accuracy"], va["balanced_accuracy"],
+                     va["macro_f1"], lr, "  *best*" if improved else "")
+            if improved:
+                best, best_epoch, stale = score, epoch, 0
+                state = {"model": model.state_dict(), "epoch": epoch, "metrics": {k: va[k] for k in MONITORS},
+                         "class_names": data.class_names, "config": OmegaConf.to_container(cfg, resolve=True)}
+                _atomic_write(ckpt, lambda tmp: torch.save(state, tmp))
+                log.debug("saved best checkpoint (epoch %d, %s %.4f) to %s", epoch, cfg.train.monitor, score, ckpt)
+            else:
+                stale += 1
+            if sched is not None:
+                sched.step(score) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
+                new_lr = opt.param_groups[0]["lr"]
+                if new_lr != lr:  # a plateau reduction is news; a cosine schedule changes it every epoch
+                    level = logging.INFO if cfg.optim.scheduler == "plateau" else logging.DEBUG
+                    log.log(level, "learning rate changed %.2e -> %.2e", lr, new_lr)
+            if cfg.train.early_stopping_patience and stale >= cfg.train.early_stopping_patience:
+                log.info("early stopping: no %s improvement for %d epochs (best %.4f at epoch %d)", cfg.train.monitor, stale, best, best_epoch)
+                break
+        train_time = time.perf_counter() - t_start
+
+        model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=False)["model"])
+        final = evaluate(model, val_loader, loss_fn, device, data.num_classes, cfg.train.amp)
+        save_confusion_matrix(np.asarray(final["confusion_matrix"]), data.class_names, run_dir / "confusion_matrix.png",
+                              f"{name} (epoch {best_epoch}) bal-acc {final['balanced_accuracy']:.3f}")
+        _write_per_class(final, data.class_names, run_dir / "per_class.csv")
+        if cfg.train.gradcam_images > 0:
+            save_gradcam(model, data, device, cfg.train.gradcam_images, run_dir / "gradcam.png", cfg.train.seed)
+        results = {
+            "run_name": name,
+            "dataset": d.name,
+            "backbone": m.backbone,
+            "attention": _spec_label(m.attention),
+            "fusion": _spec_label(m.fusion),
+            "residual": _spec_label(m.residual),
+            "seed": cfg.train.seed,
+            "best_epoch": best_epoch,
+            "epochs_run": len(rows),
+            "monitor": cfg.train.monitor,
+            "val_loss": final["loss"],
+            "accuracy": final["accuracy"],
+            "balanced_accuracy": final["balanced_accuracy"],
+            "macro_f1": final["macro_f1"],
+            "per_class_recall": dict(zip(data.class_names, final["per_class_recall"])),
+            "confusion_matrix": final["confusion_matrix"],
+            "class_names": data.class_names,
+            "params": params["total"],
+            "glsa_params": {k[5:]: v for k, v in params.items() if k.startswith("glsa_")},
+            "train_time_s": train_time,
+            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        }
+        if wb is not None:
+            wb.summary.update({k: results[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "params", "train_time_s")})
+        _write_json(run_dir / "results.json", results)
+        log.info("finished %s: bal-acc %.4f acc %.4f macro-F1 %.4f (%.1f s) -> %s", name, results["balanced_accuracy"],
+                 results["accuracy"], results["macro_f1"], train_time, run_dir)
+        return results
+    finally:
+        if wb is not None:
+            wb.finish()
+
+
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GLSANet, list[str], DictConfig]:
+    """Rebuild the model of a run from its ``best.pt`` (or the run folder) in eval mode.
+
+    Returns ``(model, class_names, cfg)``. Pretrained weights are not needed: the checkpoint holds every weight.
+    """
+    from survival3d.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise InputError("no checkpoint here (expected a run folder with best.pt, or the file).", path=path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = OmegaConf.create(ckpt["config"])
+    m, d = cfg.model, cfg.data
+    model = create_model(
+        m.backbone, False, len(ckpt["class_names"]), _plain(m.attention), _plain(m.fusion), _plain(m.residual),
+        num_heads=m.num_heads, glsa_stage=m.glsa_stage, input_size=d.image_size, dropout=m.dropout, width=m.width,
+    )
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), list(ckpt["class_names"]), cfg
+
+
+def _plain(spec: Any) -> Any:
+    return OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
+
+
+def _spec_label(spec: Any) -> str:
+    return spec_name(_plain(spec))
+
+
+def _write_per_class(final: dict[str, Any], class_names: list[str], path: Path) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"class": class_names, "support": final["support"], "recall": final["per_class_recall"]})
+    _atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.4f"))
