@@ -35,6 +35,7 @@ __all__ = [
     "ClassicalLungMasker",
     "LungmaskMasker",
     "build_masker",
+    "resolve_masker_spec",
     "find_lungmask_weights",
     "slice_axis",
     "lung_volumes",
@@ -262,25 +263,44 @@ class LungmaskMasker:
         return labels
 
 
-def build_masker(kind: str = "auto", *, weights: str | Path | None = None, **kwargs: Any):
-    """A masker for ``--lung-mask {auto,lungmask,classical}``.
+def resolve_masker_spec(
+    kind: str = "auto", *, weights: str | Path | None = None, modelname: str = "R231", **kwargs: Any
+) -> dict[str, Any]:
+    """The masker spec for ``--lung-mask {auto,lungmask,classical}``.
 
-    ``auto`` picks lungmask when ``weights`` is given or R231 weights sit in the torch hub cache, else classical.
-    Other keyword arguments go to the chosen masker.
+    ``auto`` picks lungmask when ``weights`` is given or ``modelname`` weights sit in the torch hub cache, else the
+    classical masker. The returned spec (``{"name": ..., **kwargs}``) is what :func:`build_masker` takes and what
+    the preprocessing settings record.
     """
+    if kind not in ("auto", *MASKERS.keys()):
+        MASKERS.get(kind)  # raises ConfigError with did-you-mean
     if kind == "auto":
         if weights is None:
-            weights = find_lungmask_weights(kwargs.get("modelname", "R231"))
+            weights = find_lungmask_weights(modelname)
         kind = "lungmask" if weights is not None else "classical"
         logger.info("lung masker: %s%s", kind, f" ({weights})" if weights is not None else " (no lungmask weights)")
     if kind == "lungmask":
-        return MASKERS.build({"name": "lungmask", **kwargs}, weights=weights)
+        if weights is None:
+            weights = find_lungmask_weights(modelname)
+        if weights is None:
+            raise ConfigError(
+                f"no lungmask weights: pass --lungmask-weights PATH (the {modelname} .pth file) or place it in the "
+                "torch hub cache; or use --lung-mask classical"
+            )
+        return {"name": "lungmask", "weights": str(Path(weights).resolve()), **kwargs}
     if weights is not None:
         raise ConfigError(f"--lungmask-weights given but --lung-mask is {kind!r}")
-    kwargs.pop("modelname", None)
-    kwargs.pop("force_cpu", None)
-    kwargs.pop("batch_size", None)
-    return MASKERS.build({"name": kind, **kwargs})
+    return {"name": kind}
+
+
+def build_masker(kind: str = "auto", *, weights: str | Path | None = None, **kwargs: Any):
+    """Build a masker from a name (``auto``, ``lungmask``, ``classical``) and keyword arguments."""
+    spec = resolve_masker_spec(kind, weights=weights, **kwargs) if kind in ("auto", "lungmask") else None
+    if spec is None:
+        if weights is not None:
+            raise ConfigError(f"--lungmask-weights given but --lung-mask is {kind!r}")
+        return MASKERS.build({"name": kind, **kwargs})
+    return MASKERS.build(spec)
 
 
 def lung_volumes(labels: np.ndarray, affine: np.ndarray) -> dict[str, float]:
