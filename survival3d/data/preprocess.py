@@ -164,7 +164,7 @@ def preprocess_volume(vol: CTVolume, settings: PreprocessSettings, masker=None) 
     chain: list[dict[str, Any]] = []
     img = MetaTensor(torch.from_numpy(np.ascontiguousarray(vol.array, dtype=np.float32))[None],
                      affine=torch.as_tensor(vol.affine, dtype=torch.float64))  # fmt: skip
-    img = Orientation(axcodes="RAS")(img)
+    img = Orientation(axcodes="RAS", labels=None)(img)  # labels from the MetaTensor space (RAS)
     _step(chain, "Orientation", img, axcodes="RAS")
 
     mask = None
