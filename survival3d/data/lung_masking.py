@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +249,7 @@ class LungmaskMasker:
                     modelpath=str(self.weights), force_cpu=self.force_cpu, batch_size=self.batch_size,
                     tqdm_disable=True,
                 )  # fmt: skip
-            except (RuntimeError, KeyError, ValueError, OSError, EOFError) as e:
+            except (RuntimeError, KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
                 raise InputError(f"not a lungmask state dict: {e}", path=self.weights) from e
             logger.info("lungmask %s on %s", self.weights.name, self.inferer.device)
         return self._inferer

@@ -42,6 +42,7 @@ __all__ = [
     "osic_jobs",
     "run_preprocess_jobs",
     "save_manifest",
+    "build_synthetic_osic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -316,3 +317,51 @@ def run_preprocess_jobs(
         len(failures), len(jobs), summary["seconds"], f"; failures listed in {fail_csv}" if failures else "",
     )  # fmt: skip
     return summary
+
+
+def build_synthetic_osic(
+    root: str | Path,
+    series_dir: str | Path,
+    *,
+    n_patients: int = 4,
+    rng: np.random.Generator | None = None,
+    visits: int = 3,
+) -> dict[str, Path]:
+    """Build an OSIC-layout tree from one real DICOM series, for tests and smoke runs.
+
+    Each patient ``ID00000000000000000000`` … gets a copy of the series under ``train/<Patient>/`` with shuffled
+    random ``.dcm`` names (so slice order must come from the headers), made-up clinical visits in ``train.csv``
+    (``visits`` rows per patient, the baseline at the smallest week, which is not the first row) and a row in
+    ``survival.csv`` (time in weeks, event 0/1, at least one of each when ``n_patients >= 2``).
+
+    Returns:
+        ``{"root": ..., "train_csv": ..., "survival_csv": ...}``.
+    """
+    import shutil
+
+    rng = np.random.default_rng() if rng is None else rng
+    root, series_dir = Path(root), Path(series_dir)
+    files = sorted(p for p in series_dir.iterdir() if p.is_file())
+    if not files:
+        raise InputError("no files in the source series", path=series_dir)
+    train = root / "train"
+    clinical, survival = [], []
+    events = rng.permutation([i % 2 for i in range(n_patients)])
+    for n in range(n_patients):
+        pid = f"ID{n:05d}{rng.integers(10**14, 10**15):015d}"
+        (train / pid).mkdir(parents=True, exist_ok=True)
+        for f, new in zip(files, rng.permutation(len(files))):
+            shutil.copyfile(f, train / pid / f"{new + 1}.dcm")
+        weeks = np.sort(rng.integers(-5, 60, size=visits))
+        fvc0 = float(rng.integers(1800, 4200))
+        sex, smoke = rng.choice(["Male", "Female"]), rng.choice(["Ex-smoker", "Never smoked", "Currently smokes"])
+        age = int(rng.integers(50, 85))
+        for w in rng.permutation(weeks):
+            fvc = fvc0 - 4.0 * (w - weeks[0]) + float(rng.normal(0, 30))
+            clinical.append({"Patient": pid, "Weeks": int(w), "FVC": round(fvc), "Percent": round(fvc / 40.0, 3),
+                             "Age": age, "Sex": sex, "SmokingStatus": smoke})  # fmt: skip
+        survival.append({"Patient": pid, "time": round(float(rng.uniform(5, 150)), 1), "event": int(events[n])})
+    out = {"root": root, "train_csv": root / "train.csv", "survival_csv": root / "survival.csv"}
+    _atomic_csv(pd.DataFrame(clinical), out["train_csv"])
+    _atomic_csv(pd.DataFrame(survival), out["survival_csv"])
+    return out
