@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.transforms import Transform
 
 from survival3d.data.lung_masking import build_masker, check_lung_mask
 from survival3d.data.readers import CTVolume, affine_spacing, read_ct
@@ -379,10 +380,10 @@ def ct_load_transforms(window: Sequence[float] = (-1024.0, 150.0), keys: Sequenc
     ])  # fmt: skip
 
 
-class CTPreprocessd:
+class CTPreprocessd(Transform):
     """A MONAI-style dictionary transform running the whole pipeline on ``d[key]`` (a DICOM folder, NIfTI or
     NRRD path): it sets ``image`` ((1, *size) float in [0, 1] after windowing) and ``lung_mask`` ((1, *size)
-    uint8) as ``MetaTensor`` with the preprocessed affine.
+    uint8) as ``MetaTensor`` with the preprocessed affine. Deterministic, so ``PersistentDataset`` caches it.
 
     Args:
         settings: preprocessing settings.
