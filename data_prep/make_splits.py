@@ -13,8 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from survival3d.data.osic import _atomic_csv  # noqa: E402
-from survival3d.data.splits import patient_kfold  # noqa: E402
+from survival3d.data.splits import patient_kfold, write_splits  # noqa: E402
 from survival3d.errors import InputError, Survival3DError  # noqa: E402
 
 
@@ -36,7 +35,7 @@ def main(argv=None) -> int:
     except Survival3DError as e:
         print(f"make_splits: error: {e}", file=sys.stderr)
         return e.exit_code
-    _atomic_csv(splits, Path(args.out))
+    write_splits(splits, args.out)
     counts = splits.assign(event=df["event"].to_numpy()).groupby("fold")["event"].agg(["size", "sum"])
     logging.getLogger("make_splits").info("folds (cases, events):\n%s", counts.to_string())
     return 0

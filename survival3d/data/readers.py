@@ -52,6 +52,8 @@ READERS: Registry = Registry("reader")
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+# single-frame image storage SOP classes that must carry image geometry: CT, MR, PET, secondary capture excluded
+_IMAGE_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.128"})
 
 
 def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
@@ -201,9 +203,13 @@ def scan_dicom_folder(folder: str | Path) -> dict[str, list[_Slice]]:
             continue
         ds = _read_header(p)
         if "ImagePositionPatient" not in ds or "Rows" not in ds:
-            if p.suffix.lower() == ".dcm" and "SOPClassUID" not in ds:
-                raise InputError("DICOM file without image attributes", path=p, field="ImagePositionPatient")
-            logger.debug("%s: DICOM object without image geometry skipped", p)
+            sop = str(ds.get("SOPClassUID", ""))
+            if not sop:
+                raise InputError("truncated or incomplete DICOM file (no SOPClassUID)", path=p, field="SOPClassUID")
+            if sop in _IMAGE_SOP_CLASSES:
+                missing = "ImagePositionPatient" if "ImagePositionPatient" not in ds else "Rows"
+                raise InputError(f"image without {missing} (truncated?)", path=p, field=missing)
+            logger.debug("%s: DICOM object without image geometry (SOP class %s) skipped", p, sop)
             continue
         series[str(ds.get("SeriesInstanceUID", "") or "")].append(_Slice(p, ds))
     if not series:

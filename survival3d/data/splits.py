@@ -6,11 +6,15 @@ fractions of observed events, so each validation fold has events to rank (C-inde
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pandas as pd
 
 from survival3d.errors import ConfigError, InputError
 
-__all__ = ["patient_kfold"]
+__all__ = ["patient_kfold", "write_splits"]
 
 
 def patient_kfold(
@@ -54,3 +58,17 @@ def patient_kfold(
     if group_column:
         out[group_column] = groups.to_numpy()
     return out
+
+
+def write_splits(splits: pd.DataFrame, path: str | Path) -> Path:
+    """Write a splits table as CSV atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        splits.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
