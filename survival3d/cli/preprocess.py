@@ -43,7 +43,8 @@ class PreprocessCommand:
         parser.add_argument("--id", nargs="+", help="case ids for --input (default: file/folder names)")
         parser.add_argument("--time", type=float, help="survival time for a single --input")
         parser.add_argument("--event", type=int, choices=(0, 1), help="event indicator for a single --input")
-        parser.add_argument("--series-uid", help="DICOM SeriesInstanceUID to read (default: CT series with most slices)")
+        parser.add_argument("--series-uid",
+                            help="DICOM SeriesInstanceUID to read (default: the CT series with most slices)")
         parser.add_argument("--lung-mask", choices=("auto", "lungmask", "classical"), default="auto",
                             help="lung masker; auto = lungmask when weights are available, else classical")
         parser.add_argument("--lungmask-weights", metavar="PATH", help="lungmask state dict (.pth), e.g. R231")
@@ -119,7 +120,8 @@ class PreprocessCommand:
                 if missing:
                     raise ConfigError(f"case id(s) {missing} not in {args.survival} (ids: {list(surv.index)[:5]})")
                 rows = [{"time": float(surv.loc[i, "time"]), "event": int(surv.loc[i, "event"])} for i in ids]
-            jobs = [CaseJob(id=i, source=str(p), series_uid=args.series_uid, row=r) for i, p, r in zip(ids, paths, rows)]
+            jobs = [CaseJob(id=i, source=str(p), series_uid=args.series_uid, row=r)
+                    for i, p, r in zip(ids, paths, rows)]  # fmt: skip
         summary = run_preprocess_jobs(
             jobs, args.out, settings, workers=args.workers, resume=not args.overwrite, qc_png=not args.no_qc_png
         )

@@ -17,6 +17,7 @@ others continue, and ``manifest.csv`` lists every case done.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import tempfile
 import time
@@ -271,7 +272,9 @@ def run_preprocess_jobs(
         for job in todo:
             handle(*_run_job(job, str(out_dir), settings, qc_png))
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+        # spawn, not fork: forking a process whose torch/OpenMP thread pools are running can deadlock the children
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
             futures = [pool.submit(_run_job, job, str(out_dir), settings, qc_png) for job in todo]
             for fut in as_completed(futures):
                 handle(*fut.result())

@@ -52,8 +52,12 @@ READERS: Registry = Registry("reader")
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-# single-frame image storage SOP classes that must carry image geometry: CT, MR, PET, secondary capture excluded
-_IMAGE_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.128"})
+# single-frame image storage SOP classes that must carry image geometry
+_IMAGE_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.128",  # PET Image Storage
+})  # fmt: skip
 
 
 def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from survival3d.data.readers import LPS_TO_RAS, read_ct, read_nifti
-from survival3d.data.samples import SAMPLE_ARCHIVES, cache_root
+from survival3d.data.samples import SAMPLE_ARCHIVES
 
 
 def test_samples_cached_with_verified_hash(ct_samples):
