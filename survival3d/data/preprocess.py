@@ -312,11 +312,13 @@ def _case_paths(out_dir: Path, case_id: str) -> dict[str, Path]:
 def case_is_done(out_dir: str | Path, case_id: str, settings: PreprocessSettings) -> dict[str, Any] | None:
     """The sidecar of a case already preprocessed with the same settings (all outputs present), else ``None``."""
     paths = _case_paths(Path(out_dir), case_id)
-    if not all(p.is_file() for p in paths.values()):
-        return None
     try:
         side = json.loads(paths["sidecar"].read_text())
     except (OSError, ValueError):
+        return None
+    keys = ["image", "lung_mask", "qc_json"] + (["qc_png"] if "qc_png" in side.get("outputs", {}) else [])
+    needed = [paths[k] for k in keys]
+    if not all(p.is_file() for p in needed):
         return None
     return side if side.get("settings_digest") == settings.digest() else None
 

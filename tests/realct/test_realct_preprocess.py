@@ -96,6 +96,10 @@ def test_resume_skips_and_settings_change_redoes(lung1_run, ct_samples):
     assert main(args) == 0
     assert json.loads((out / "summary.json").read_text())["skipped"] == 1
     assert image.stat().st_mtime_ns == before
+    (out / "lung_masks" / "lung1.nii.gz").unlink()  # an output went missing: the case is redone
+    assert main(args) == 0
+    assert json.loads((out / "summary.json").read_text())["done"] == 1
+    assert (out / "lung_masks" / "lung1.nii.gz").is_file()
 
 
 def test_dicom_series_end_to_end(ct_samples, tmp_path):
