@@ -79,7 +79,7 @@ def synthetic_osic(ct_samples, tmp_path_factory) -> dict[str, Path]:
 
 # The TotalSegmentator series shows the upper abdomen with lung bases only (a few mL of lung): OSIC runs on it
 # accept any non-empty mask; lung1/lung2 are checked with the default volume range.
-OSIC_FAST_ARGS = ["--size", "48", "--spacing", "3", "--no-volume-check"]
+OSIC_FAST_ARGS = ["--size", "48", "--spacing", "3", "--no-volume-check", "--lung-mask", "classical"]
 
 
 @pytest.fixture(scope="session")

@@ -107,7 +107,8 @@ def test_dicom_series_end_to_end(ct_samples, tmp_path):
     pd.DataFrame({"id": ["example_ct_dicom"], "time": [12.0], "event": [0]}).to_csv(surv, index=False)
     out = tmp_path / "out"
     rc = main(["preprocess", "--input", str(ct_samples["dicom"]), "--survival", str(surv), "--out", str(out),
-               "--size", "64", "--spacing", "3", "--lung-volume-range", "0.001", "10"])  # fmt: skip
+               "--size", "64", "--spacing", "3", "--lung-volume-range", "0.001", "10",
+               "--lung-mask", "classical"])  # fmt: skip
     assert rc == 0
     row = pd.read_csv(out / "manifest.csv").iloc[0]
     assert (row["id"], row["time"], row["event"]) == ("example_ct_dicom", 12.0, 0)
