@@ -40,6 +40,12 @@ def _float(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32
 
 
+def _var(variance, like: torch.Tensor) -> torch.Tensor:
+    if torch.is_tensor(variance):
+        return variance.to(device=like.device, dtype=like.dtype)
+    return torch.tensor(float(variance), device=like.device, dtype=like.dtype)
+
+
 def _as_inputs(pred: torch.Tensor, time: torch.Tensor, event: torch.Tensor):
     pred = pred.to(_float(pred)).reshape(-1)
     time = torch.as_tensor(time, device=pred.device).to(pred.dtype).reshape(-1)
@@ -79,7 +85,7 @@ def discretised_gaussian_log_pmf(mu: torch.Tensor, variance: torch.Tensor | floa
     """
     dtype = _float(mu)
     t = torch.arange(1, int(tmax) + 1, device=mu.device, dtype=dtype)
-    var = torch.as_tensor(variance, device=mu.device).to(dtype)
+    var = _var(variance, t)
     logits = (mu.to(dtype).reshape(-1, 1) * t - 0.5 * t.square()) / var
     return torch.log_softmax(logits, dim=1)
 
@@ -154,7 +160,7 @@ def classical_nll(pred: torch.Tensor, time: torch.Tensor, event: torch.Tensor, *
     """
     _check(reduction, variance)
     pred, time, event = _as_inputs(pred, time, event)
-    var = torch.as_tensor(variance, device=pred.device).to(pred.dtype)
+    var = _var(variance, pred)
     ll = (time - pred).square() / (2 * var) + 0.5 * torch.log(2 * math.pi * var)
     nll = torch.where(event, ll, torch.zeros_like(ll))
     return _reduce(nll, reduction, event.sum().clamp_min(1).to(pred.dtype))
