@@ -115,6 +115,7 @@ class HeadConfig:
     learn_beta: bool = True
     loc_bias_init: float = 50.0  # loc_bias
     learn_loc_bias: bool = True
+    loc_scale: float = 10.0  # time units per unit of head-MLP output (1.0: locs barely spread in 100s of steps)
     lung_frac_min: float = 0.5  # cubelets with less lung than this are invalid (when a lung mask is given)
     entropy_weight: float = 0.0  # w * sum p log p (w > 0 spreads p, w < 0 sharpens it)
     smooth_weight: float = 0.0  # w * mean squared loc difference between neighbouring cubelets

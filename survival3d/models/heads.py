@@ -82,7 +82,8 @@ class _MLP(nn.Sequential):
         super().__init__(*layers)
 
 
-def _check_common(in_dim: int, hidden: Sequence[int], loc_bias_init: float, lung_frac_min: float) -> list[int]:
+def _check_common(in_dim: int, hidden: Sequence[int], loc_bias_init: float, lung_frac_min: float,
+                  loc_scale: float) -> list[int]:
     hidden = [int(h) for h in hidden]
     if in_dim < 1:
         raise ValueError(f"in_dim must be >= 1, got {in_dim}.")
@@ -90,6 +91,8 @@ def _check_common(in_dim: int, hidden: Sequence[int], loc_bias_init: float, lung
         raise ValueError(f"hidden must list 1 or 2 positive layer widths, got {hidden}.")
     if loc_bias_init <= 0:
         raise ValueError(f"loc_bias_init must be > 0 (a survival time), got {loc_bias_init}.")
+    if not loc_scale > 0:
+        raise ValueError(f"loc_scale must be > 0, got {loc_scale}.")
     if not 0.0 <= lung_frac_min <= 1.0:
         raise ValueError(f"lung_frac_min must be in [0, 1], got {lung_frac_min}.")
     return hidden
@@ -100,12 +103,14 @@ class SoftminHead(nn.Module):
     r"""Softmin localisation head: each cubelet proposes a survival time, the shortest ones win.
 
     .. math::
-        \ell_i = \operatorname{softplus}(\mathrm{MLP}(\mathrm{LN}(x_i)) + b), \qquad
+        \ell_i = \operatorname{softplus}(s \cdot \mathrm{MLP}(\mathrm{LN}(x_i)) + b), \qquad
         p = \operatorname{softmin}_{V}(\beta (\ell - \operatorname{median}_V \ell)), \qquad
         \hat\mu = \sum_{i \in V} p_i \ell_i
 
     The MLP has no biases and GELU activations (1-2 hidden layers); the loc bias :math:`b` and the inverse
-    temperature :math:`\beta > 0` are learnable. :math:`V` are the valid cubelets (not padding, enough lung). ``p`` is
+    temperature :math:`\beta > 0` are learnable; the fixed scale :math:`s` (``loc_scale``) converts the MLP's
+    O(1) outputs to time units, so per-cubelet times can spread over the time range within a few hundred
+    optimiser steps. :math:`V` are the valid cubelets (not padding, enough lung). ``p`` is
     the heatmap: a lesion that shortens survival gets low :math:`\ell_i` and therefore the weight.
 
     Optional regularisers (``reg_loss``, averaged over the batch):
@@ -124,6 +129,7 @@ class SoftminHead(nn.Module):
         learn_beta: learn β (parametrised as log β, so it stays positive).
         loc_bias_init: initial loc bias b (research name loc_bias), a typical survival time.
         learn_loc_bias: learn b.
+        loc_scale: s, time units per unit of MLP output.
         lung_frac_min: lung fraction a cubelet needs to be valid when a lung mask is given (used by the model via
             :func:`cubelet_valid_mask`).
         entropy_weight, smooth_weight: regulariser weights (0 = off).
@@ -133,14 +139,16 @@ class SoftminHead(nn.Module):
 
     def __init__(self, in_dim: int, *, hidden: Sequence[int] = (64,), beta_init: float = 5.0,
                  learn_beta: bool = True, loc_bias_init: float = 50.0, learn_loc_bias: bool = True,
-                 lung_frac_min: float = 0.5, entropy_weight: float = 0.0, smooth_weight: float = 0.0):
+                 loc_scale: float = 10.0, lung_frac_min: float = 0.5, entropy_weight: float = 0.0,
+                 smooth_weight: float = 0.0):
         super().__init__()
-        hidden = _check_common(in_dim, hidden, loc_bias_init, lung_frac_min)
+        hidden = _check_common(in_dim, hidden, loc_bias_init, lung_frac_min, loc_scale)
         if beta_init <= 0:
             raise ValueError(f"beta_init must be > 0, got {beta_init}.")
         if smooth_weight < 0:
             raise ValueError(f"smooth_weight must be >= 0, got {smooth_weight}.")
         self.lung_frac_min = float(lung_frac_min)
+        self.loc_scale = float(loc_scale)
         self.entropy_weight = float(entropy_weight)
         self.smooth_weight = float(smooth_weight)
         self.mlp = _MLP(in_dim, hidden, 1, bias=False)
@@ -154,7 +162,7 @@ class SoftminHead(nn.Module):
     def locs(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, C, d, h, w) tokens -> (B, 1, d, h, w) float32 per-cubelet times (> 0)."""
         raw = self.mlp(tokens.movedim(1, -1)).float().movedim(-1, 1)
-        return F.softplus(raw + self.loc_bias)
+        return F.softplus(self.loc_scale * raw + self.loc_bias)
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         loc = self.locs(tokens)
@@ -190,11 +198,11 @@ class MeanPoolHead(nn.Module):
     r"""Ablation head without localisation: mean of the valid tokens, then an MLP to one time.
 
     .. math::
-        \hat\mu = \operatorname{softplus}\!\big(\mathrm{MLP}(\mathrm{LN}(\tfrac{1}{|V|}\textstyle\sum_{i\in V} x_i))
+        \hat\mu = \operatorname{softplus}\!\big(s \cdot \mathrm{MLP}(\mathrm{LN}(\tfrac{1}{|V|}\textstyle\sum_{i\in V} x_i))
         + b\big)
 
     Args:
-        in_dim, hidden, loc_bias_init, learn_loc_bias, lung_frac_min: as for :class:`SoftminHead`.
+        in_dim, hidden, loc_bias_init, learn_loc_bias, loc_scale, lung_frac_min: as for :class:`SoftminHead`.
         beta_init, learn_beta: accepted and ignored, so that a config can switch heads by name alone.
         entropy_weight, smooth_weight: must be 0 (there is no heatmap to regularise).
     """
@@ -202,19 +210,21 @@ class MeanPoolHead(nn.Module):
     has_localisation = False
 
     def __init__(self, in_dim: int, *, hidden: Sequence[int] = (64,), loc_bias_init: float = 50.0,
-                 learn_loc_bias: bool = True, lung_frac_min: float = 0.5, beta_init: float = 5.0,
-                 learn_beta: bool = True, entropy_weight: float = 0.0, smooth_weight: float = 0.0):
+                 learn_loc_bias: bool = True, loc_scale: float = 10.0, lung_frac_min: float = 0.5,
+                 beta_init: float = 5.0, learn_beta: bool = True, entropy_weight: float = 0.0,
+                 smooth_weight: float = 0.0):
         super().__init__()
-        hidden = _check_common(in_dim, hidden, loc_bias_init, lung_frac_min)
+        hidden = _check_common(in_dim, hidden, loc_bias_init, lung_frac_min, loc_scale)
         if entropy_weight or smooth_weight:
             raise ValueError(f"meanpool head has no heatmap to regularise; got entropy_weight {entropy_weight}, "
                              f"smooth_weight {smooth_weight} (set them to 0).")
         self.lung_frac_min = float(lung_frac_min)
+        self.loc_scale = float(loc_scale)
         self.mlp = _MLP(in_dim, hidden, 1, bias=True)
         self.loc_bias = nn.Parameter(torch.tensor(float(loc_bias_init)), requires_grad=learn_loc_bias)
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         w = valid.to(torch.float32).expand(tokens.shape[0], 1, *tokens.shape[2:])
         pooled = (tokens.float() * w).flatten(2).sum(2) / w.flatten(2).sum(2).clamp_min(1.0)
-        pred = F.softplus(self.mlp(pooled).float()[:, 0] + self.loc_bias)
+        pred = F.softplus(self.loc_scale * self.mlp(pooled).float()[:, 0] + self.loc_bias)
         return {"pred": pred, "p": None, "loc": None, "valid": w.bool(), "reg_loss": pred.new_zeros(())}

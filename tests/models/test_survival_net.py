@@ -114,3 +114,15 @@ def test_build_from_plain_mapping():
                          "head": {"name": "meanpool"}})
     out = model(torch.rand(1, 1, 16, 16, 16))
     assert out.p is None and out.pred.shape == (1,)
+
+
+def test_bf16_autocast_keeps_head_in_fp32():
+    model = build_model(_cfg("model.patch_size=4"), CovariateSpec(1, [])).train()
+    x = torch.rand(2, 1, 16, 16, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, torch.randn(2, 1))
+    assert out.features["tokens"].dtype == torch.bfloat16
+    assert out.pred.dtype == out.p.dtype == out.loc.dtype == torch.float32
+    torch.testing.assert_close(out.p.flatten(1).sum(1), torch.ones(2))
+    out.pred.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
