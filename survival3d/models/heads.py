@@ -17,16 +17,9 @@ from torch import nn
 
 from survival3d.registry import Registry
 
-__all__ = ["HEADS", "SoftminHead", "MeanPoolHead", "cubelet_valid_mask", "masked_softmin", "inverse_softplus"]
+__all__ = ["HEADS", "SoftminHead", "MeanPoolHead", "cubelet_valid_mask", "masked_softmin"]
 
 HEADS: Registry[nn.Module] = Registry("head")
-
-
-def inverse_softplus(y: float) -> float:
-    """x with softplus(x) = y (y > 0)."""
-    if y <= 0:
-        raise ValueError(f"inverse_softplus needs y > 0, got {y}.")
-    return y + math.log(-math.expm1(-y))
 
 
 def cubelet_valid_mask(pad_valid: torch.Tensor, lung_frac: torch.Tensor | None = None,
