@@ -17,9 +17,9 @@ __all__ = ["WindowTransformer3D"]
 class WindowTransformer3D(nn.Module):
     """Windowed 3D transformer over a cubelet grid, conditioned on covariates by FiLM after every block.
 
-    Windows stay local (a few cubelets per axis), so each output token describes its own neighbourhood rather
-    than the whole volume; a localisation head on top depends on that (see docs: with global attention the
-    softmin weights stay at chance).
+    Windows stay local (a few cubelets per axis) so that each output token describes its own neighbourhood; a
+    research run found a localisation head needed that (docs/model.md has our own ablation). Attention cost is
+    linear in the number of cubelets.
 
     Args:
         dim: token channels.
