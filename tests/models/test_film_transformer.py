@@ -116,3 +116,11 @@ def test_checkpointing_same_outputs_and_grads():
 def test_transformer_ill_arguments(kwargs):
     with pytest.raises(ValueError):
         WindowTransformer3D(**{"dim": 12, "depth": 2, "num_heads": 3, **kwargs})
+
+
+@pytest.mark.parametrize("kwargs", [dict(channels=0, num_blocks=2, num_numeric=1), dict(channels=8, num_blocks=0,
+                                                                                        num_numeric=1),
+                                    dict(channels=8, num_blocks=2)])
+def test_film_ill_arguments(kwargs):
+    with pytest.raises(ValueError):
+        FiLM(**kwargs)
