@@ -75,42 +75,63 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "survival3d"
+    """``survival3d.models.SurvivalNet3D`` arguments (one key per constructor argument; see docs/model.md).
+
+    Windows stay local by default: a research run found the softmin head localised only with local cubelet
+    features. Cubelets must also be small relative to a lesion: on 32^3 sphere volumes patch 4 localised within 50
+    steps, patch 8 did not (docs/model.md).
+    """
+
+    name: str = "survival3d"  # key in survival3d.models.MODELS
     in_channels: int = 1
-    patch_size: int = 8  # cubelet edge in voxels
-    stem_convs: int = 1  # number of convolutions in the Conv3dPatchEmbed stem
+    patch_size: int = 4  # cubelet edge in voxels (4 for 32^3 dummy volumes -> 8^3 cubelets; 8-16 for CT)
+    stem_convs: int = 1  # convolutions in the Conv3dPatchEmbed stem (first n-1 are 3^3 stride 2)
     embed_dim: int = 48
     pos_embed: str = "sincos"  # none | learnable | sincos
+    img_size: Optional[list[int]] = None  # for pos_embed=learnable; None -> data.image_size
     depth: int = 2
     num_heads: int = 3
-    window_size: int = 4  # in cubelets
+    window_size: int = 4  # in cubelets; keep local (see above and docs/model.md)
     shift: bool = True  # alternate shifted windows
     rel_pos_bias: bool = True
     mlp_ratio: float = 4.0
-    drop_path: float = 0.0
-    film: bool = True  # FiLM conditioning on covariates (identity at init)
+    qkv_bias: bool = True
+    drop_path: float = 0.0  # stochastic depth of the last block (linear ramp from 0)
+    attn_drop: float = 0.0
+    drop: float = 0.0
+    film: bool = True  # FiLM conditioning on covariates (identity at init; no-op without covariates)
+    film_hidden: int = 64  # covariate encoder width
+    global_residual: bool = True  # residual link around the whole transformer
+    use_checkpoint: bool = False  # activation checkpointing per block (large volumes)
+    max_windows_per_call: int = 32768  # windows per SDPA call (bigger calls failed in cuDNN at 256^3)
 
 
 @dataclass
 class HeadConfig:
+    """``survival3d.models.HEADS`` spec: ``name`` plus the head's constructor arguments."""
+
     name: str = "softmin"  # softmin | meanpool (ablation)
     hidden: list[int] = field(default_factory=lambda: [64])  # 1-2 hidden layers
     beta_init: float = 5.0  # BETA_HEAD
     learn_beta: bool = True
     loc_bias_init: float = 50.0  # loc_bias
     learn_loc_bias: bool = True
+    loc_scale: float = 10.0  # time units per unit of head-MLP output (1.0: locs barely spread in 100s of steps)
     lung_frac_min: float = 0.5  # cubelets with less lung than this are invalid (when a lung mask is given)
-    entropy_weight: float = 0.0
-    smooth_weight: float = 0.0
+    entropy_weight: float = 0.0  # w * sum p log p (w > 0 spreads p, w < 0 sharpens it)
+    smooth_weight: float = 0.0  # w * mean squared loc difference between neighbouring cubelets
 
 
 @dataclass
 class LossConfig:
+    """``survival3d.losses.LOSSES`` spec (see docs and each loss's docstring for the formula)."""
+
     name: str = "censored"  # censored | classical | cox_efron | cox_breslow
-    alpha_cens: float = 1.0  # ALPHA_CENS
-    var_init: float = 100.0  # VAR (fixed) or VAR_INIT (learnable)
+    alpha_cens: float = 1.0  # ALPHA_CENS: weight of censored cases
+    var_init: float = 100.0  # VAR (fixed) or VAR_INIT (learnable) of the discretised Gaussian
     learn_var: bool = False
-    tmax: int = 100  # TMAX
+    tmax: int = 100  # TMAX: support of the predicted distribution is t = 1..tmax
+    reduction: str = "mean"  # mean | sum over the batch
 
 
 @dataclass

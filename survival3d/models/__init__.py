@@ -1,1 +1,65 @@
-"""survival3d.models"""
+"""survival3d.models: 3D survival networks, their heads and building blocks.
+
+``build_model(cfg, covariate_spec)`` builds the model named by ``cfg.model.name`` from :data:`MODELS` with the
+``cfg.model`` values as constructor arguments and ``cfg.head`` as its head spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from survival3d.errors import ConfigError
+from survival3d.models.heads import HEADS
+from survival3d.models.output import CovariateSpec, SurvivalOutput
+from survival3d.models.survival_net import SurvivalNet3D
+from survival3d.registry import Registry
+
+__all__ = ["MODELS", "HEADS", "build_model", "SurvivalNet3D", "SurvivalOutput", "CovariateSpec"]
+
+MODELS: Registry[nn.Module] = Registry("model")
+MODELS.register("survival3d", SurvivalNet3D)
+
+
+def _section(cfg: Any, name: str) -> dict[str, Any]:
+    sec = cfg.get(name) if isinstance(cfg, Mapping) or hasattr(cfg, "get") else getattr(cfg, name, None)
+    if sec is None:
+        return {}
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(sec):
+            return OmegaConf.to_container(sec, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if hasattr(sec, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(sec)
+    return dict(sec)
+
+
+def build_model(cfg: Any, covariate_spec: CovariateSpec | None = None) -> nn.Module:
+    """Build the survival model described by ``cfg.model`` and ``cfg.head``.
+
+    Args:
+        cfg: the experiment config (DictConfig, dataclass or mapping) with sections ``model`` and ``head``; when
+            ``model.img_size`` is unset, ``data.image_size`` (if present) is used for it.
+        covariate_spec: the covariates to condition on with FiLM (``None``: none).
+
+    Raises:
+        ConfigError: an unknown model or head name, or a constructor argument the model does not accept.
+    """
+    model_cfg = _section(cfg, "model")
+    head_cfg = _section(cfg, "head") or "softmin"
+    name = model_cfg.pop("name", "survival3d")
+    if model_cfg.get("img_size") is None:
+        data = _section(cfg, "data")
+        if data.get("image_size") is not None:
+            model_cfg["img_size"] = list(data["image_size"])
+    try:
+        return MODELS.build({"name": name, **model_cfg}, head=head_cfg, covariate_spec=covariate_spec)
+    except TypeError as e:
+        raise ConfigError(f"model '{name}': {e}") from None

@@ -1,0 +1,223 @@
+"""Survival heads: per-cubelet tokens -> one predicted survival time per volume (+ where it came from).
+
+Every head is registered in :data:`HEADS` and built as ``HEADS.build(cfg.head, in_dim=C)``. A head's forward takes
+``tokens`` (B, C, d, h, w) and ``valid`` (B, 1, d, h, w) bool (cubelets that count) and returns a dict with
+``pred`` (B,), ``p``, ``loc`` (B, 1, d, h, w) or ``None``, and ``reg_loss`` (scalar). Heads compute their outputs in
+float32 whatever the autocast dtype of the tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from survival3d.registry import Registry
+
+__all__ = ["HEADS", "SoftminHead", "MeanPoolHead", "cubelet_valid_mask", "masked_softmin"]
+
+HEADS: Registry[nn.Module] = Registry("head")
+
+
+def cubelet_valid_mask(pad_valid: torch.Tensor, lung_frac: torch.Tensor | None = None,
+                       lung_frac_min: float = 0.5) -> torch.Tensor:
+    """Cubelets a head may use: not padding and, with a lung mask, at least ``lung_frac_min`` lung.
+
+    A volume whose lung mask leaves no cubelet falls back to all non-padding cubelets (never an empty softmin).
+
+    Args:
+        pad_valid: (1 or B, 1, d, h, w) bool, cubelets that are not padding.
+        lung_frac: optional (B, 1, d, h, w), the lung fraction of each cubelet (average-pooled lung mask).
+
+    Returns:
+        (B, 1, d, h, w) bool.
+    """
+    if lung_frac is None:
+        return pad_valid
+    valid = pad_valid & (lung_frac >= lung_frac_min)
+    some = valid.flatten(1).any(1).reshape(-1, 1, 1, 1, 1)
+    return torch.where(some, valid, pad_valid.expand_as(valid))
+
+
+def masked_softmin(loc: torch.Tensor, valid: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    r"""Softmin weights over the valid entries of each row.
+
+    .. math::
+        p_i = \frac{\exp(-\beta (\ell_i - m))}{\sum_{j \in V} \exp(-\beta (\ell_j - m))}, \quad i \in V;
+        \qquad p_i = 0, \quad i \notin V,
+
+    with :math:`m = \operatorname{median}_{j \in V} \ell_j`. Subtracting :math:`m` leaves :math:`p` unchanged
+    (softmin is invariant to a common shift of :math:`\ell`); it keeps the logits near 0.
+
+    Args:
+        loc: (B, n) float32.
+        valid: (B, n) bool with at least one True per row.
+        beta: positive scalar tensor.
+    """
+    med = torch.nanmedian(loc.detach().masked_fill(~valid, float("nan")), dim=1, keepdim=True).values
+    logits = (-beta * (loc - med)).masked_fill(~valid, float("-inf"))
+    return torch.softmax(logits, dim=1)
+
+
+class _MLP(nn.Sequential):
+    """LayerNorm -> [Linear -> GELU] x len(hidden) -> Linear(., out)."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int = 1, *, bias: bool = True):
+        layers: list[nn.Module] = [nn.LayerNorm(in_dim)]
+        d = in_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h, bias=bias), nn.GELU()]
+            d = h
+        layers.append(nn.Linear(d, out_dim, bias=bias))
+        super().__init__(*layers)
+
+
+def _check_common(in_dim: int, hidden: Sequence[int], loc_bias_init: float, lung_frac_min: float,
+                  loc_scale: float) -> list[int]:
+    hidden = [int(h) for h in hidden]
+    if in_dim < 1:
+        raise ValueError(f"in_dim must be >= 1, got {in_dim}.")
+    if not 1 <= len(hidden) <= 2 or min(hidden) < 1:
+        raise ValueError(f"hidden must list 1 or 2 positive layer widths, got {hidden}.")
+    if loc_bias_init <= 0:
+        raise ValueError(f"loc_bias_init must be > 0 (a survival time), got {loc_bias_init}.")
+    if not loc_scale > 0:
+        raise ValueError(f"loc_scale must be > 0, got {loc_scale}.")
+    if not 0.0 <= lung_frac_min <= 1.0:
+        raise ValueError(f"lung_frac_min must be in [0, 1], got {lung_frac_min}.")
+    return hidden
+
+
+@HEADS.register("softmin")
+class SoftminHead(nn.Module):
+    r"""Softmin localisation head: each cubelet proposes a survival time, the shortest ones win.
+
+    .. math::
+        \ell_i = \operatorname{softplus}(s \cdot \mathrm{MLP}(\mathrm{LN}(x_i)) + b), \qquad
+        p = \operatorname{softmin}_{V}(\beta (\ell - \operatorname{median}_V \ell)), \qquad
+        \hat\mu = \sum_{i \in V} p_i \ell_i
+
+    The MLP has no biases and GELU activations (1-2 hidden layers); the loc bias :math:`b` and the inverse
+    temperature :math:`\beta > 0` are learnable; the fixed scale :math:`s` (``loc_scale``) converts the MLP's
+    O(1) outputs to time units, so per-cubelet times can spread over the time range within a few hundred
+    optimiser steps. :math:`V` are the valid cubelets (not padding, enough lung). ``p`` is
+    the heatmap: a lesion that shortens survival gets low :math:`\ell_i` and therefore the weight.
+
+    Optional regularisers (``reg_loss``, averaged over the batch):
+
+    .. math::
+        L_\mathrm{ent} = w_\mathrm{ent} \sum_i p_i \log p_i = -w_\mathrm{ent} H(p), \qquad
+        L_\mathrm{smooth} = w_\mathrm{smooth} \operatorname{mean}_{(i,j) \in \mathcal{N}_V} (\ell_i - \ell_j)^2
+
+    where :math:`\mathcal{N}_V` are face-neighbouring pairs of valid cubelets. A positive ``entropy_weight`` rewards
+    spread-out ``p`` (against early lock-on to a spurious cubelet); a negative one sharpens ``p``.
+
+    Args:
+        in_dim: token channels.
+        hidden: widths of the 1-2 hidden layers.
+        beta_init: initial β (research name BETA_HEAD).
+        learn_beta: learn β (parametrised as log β, so it stays positive).
+        loc_bias_init: initial loc bias b (research name loc_bias), a typical survival time.
+        learn_loc_bias: learn b.
+        loc_scale: s, time units per unit of MLP output.
+        lung_frac_min: lung fraction a cubelet needs to be valid when a lung mask is given (used by the model via
+            :func:`cubelet_valid_mask`).
+        entropy_weight, smooth_weight: regulariser weights (0 = off).
+    """
+
+    has_localisation = True
+
+    def __init__(self, in_dim: int, *, hidden: Sequence[int] = (64,), beta_init: float = 5.0,
+                 learn_beta: bool = True, loc_bias_init: float = 50.0, learn_loc_bias: bool = True,
+                 loc_scale: float = 10.0, lung_frac_min: float = 0.5, entropy_weight: float = 0.0,
+                 smooth_weight: float = 0.0):
+        super().__init__()
+        hidden = _check_common(in_dim, hidden, loc_bias_init, lung_frac_min, loc_scale)
+        if beta_init <= 0:
+            raise ValueError(f"beta_init must be > 0, got {beta_init}.")
+        if smooth_weight < 0:
+            raise ValueError(f"smooth_weight must be >= 0, got {smooth_weight}.")
+        self.lung_frac_min = float(lung_frac_min)
+        self.loc_scale = float(loc_scale)
+        self.entropy_weight = float(entropy_weight)
+        self.smooth_weight = float(smooth_weight)
+        self.mlp = _MLP(in_dim, hidden, 1, bias=False)
+        self.log_beta = nn.Parameter(torch.tensor(math.log(beta_init)), requires_grad=learn_beta)
+        self.loc_bias = nn.Parameter(torch.tensor(float(loc_bias_init)), requires_grad=learn_loc_bias)
+
+    @property
+    def beta(self) -> torch.Tensor:
+        return self.log_beta.exp()
+
+    def locs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, C, d, h, w) tokens -> (B, 1, d, h, w) float32 per-cubelet times (> 0)."""
+        raw = self.mlp(tokens.movedim(1, -1)).float().movedim(-1, 1)
+        return F.softplus(self.loc_scale * raw + self.loc_bias)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        loc = self.locs(tokens)
+        valid = valid.expand_as(loc)
+        b = loc.shape[0]
+        p = masked_softmin(loc.reshape(b, -1), valid.reshape(b, -1), self.beta).reshape(loc.shape)
+        pred = (p * loc).flatten(1).sum(1)
+        reg = loc.new_zeros(())
+        if self.entropy_weight:
+            reg = reg + self.entropy_weight * torch.xlogy(p, p).flatten(1).sum(1).mean()
+        if self.smooth_weight:
+            reg = reg + self.smooth_weight * _smoothness(loc, valid)
+        return {"pred": pred, "p": p, "loc": loc, "valid": valid, "reg_loss": reg}
+
+
+def _smoothness(loc: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of loc between face-neighbouring valid cubelets (0 when there are none)."""
+    total = loc.new_zeros(())
+    count = loc.new_zeros(())
+    for dim in (2, 3, 4):
+        if loc.shape[dim] < 2:
+            continue
+        n = loc.shape[dim]
+        diff = loc.narrow(dim, 1, n - 1) - loc.narrow(dim, 0, n - 1)
+        both = valid.narrow(dim, 1, n - 1) & valid.narrow(dim, 0, n - 1)
+        total = total + (diff.square() * both).sum()
+        count = count + both.sum()
+    return total / count.clamp_min(1)
+
+
+@HEADS.register("meanpool")
+class MeanPoolHead(nn.Module):
+    r"""Ablation head without localisation: mean of the valid tokens, then an MLP to one time.
+
+    .. math::
+        \hat\mu = \operatorname{softplus}\!\big(s \cdot \mathrm{MLP}(\mathrm{LN}(\tfrac{1}{|V|}\textstyle\sum_{i\in V} x_i))
+        + b\big)
+
+    Args:
+        in_dim, hidden, loc_bias_init, learn_loc_bias, loc_scale, lung_frac_min: as for :class:`SoftminHead`.
+        beta_init, learn_beta: accepted and ignored, so that a config can switch heads by name alone.
+        entropy_weight, smooth_weight: must be 0 (there is no heatmap to regularise).
+    """
+
+    has_localisation = False
+
+    def __init__(self, in_dim: int, *, hidden: Sequence[int] = (64,), loc_bias_init: float = 50.0,
+                 learn_loc_bias: bool = True, loc_scale: float = 10.0, lung_frac_min: float = 0.5,
+                 beta_init: float = 5.0, learn_beta: bool = True, entropy_weight: float = 0.0,
+                 smooth_weight: float = 0.0):
+        super().__init__()
+        hidden = _check_common(in_dim, hidden, loc_bias_init, lung_frac_min, loc_scale)
+        if entropy_weight or smooth_weight:
+            raise ValueError(f"meanpool head has no heatmap to regularise; got entropy_weight {entropy_weight}, "
+                             f"smooth_weight {smooth_weight} (set them to 0).")
+        self.lung_frac_min = float(lung_frac_min)
+        self.loc_scale = float(loc_scale)
+        self.mlp = _MLP(in_dim, hidden, 1, bias=True)
+        self.loc_bias = nn.Parameter(torch.tensor(float(loc_bias_init)), requires_grad=learn_loc_bias)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        w = valid.to(torch.float32).expand(tokens.shape[0], 1, *tokens.shape[2:])
+        pooled = (tokens.float() * w).flatten(2).sum(2) / w.flatten(2).sum(2).clamp_min(1.0)
+        pred = F.softplus(self.loc_scale * self.mlp(pooled).float()[:, 0] + self.loc_bias)
+        return {"pred": pred, "p": None, "loc": None, "valid": w.bool(), "reg_loss": pred.new_zeros(())}

@@ -1,0 +1,93 @@
+"""The 3D survival network: Conv3dPatchEmbed -> WindowTransformer3D (FiLM) -> head -> :class:`SurvivalOutput`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from survival3d.models.blocks import Conv3dPatchEmbed
+from survival3d.models.blocks.window_attention import MAX_WINDOWS_PER_CALL
+from survival3d.models.heads import HEADS, cubelet_valid_mask
+from survival3d.models.nets import WindowTransformer3D
+from survival3d.models.output import CovariateSpec, SurvivalOutput
+
+__all__ = ["SurvivalNet3D"]
+
+
+class SurvivalNet3D(nn.Module):
+    """Survival time from a 3D scan, with a per-cubelet heatmap.
+
+    A volume is cut into cubelets of ``patch_size`` voxels (:class:`Conv3dPatchEmbed`), the cubelet tokens pass
+    through a local-window transformer conditioned on covariates (:class:`WindowTransformer3D`), and a head from
+    :data:`HEADS` turns them into one survival time (the softmin head: a weighted average of per-cubelet times,
+    weighted towards the shortest).
+
+    Args:
+        in_channels, patch_size, stem_convs, embed_dim, pos_embed, img_size: see :class:`Conv3dPatchEmbed`.
+        depth, num_heads, window_size, shift, rel_pos_bias, mlp_ratio, qkv_bias, drop_path, attn_drop, drop,
+            film, film_hidden, global_residual, use_checkpoint, max_windows_per_call: see
+            :class:`WindowTransformer3D`.
+        head: the head spec, a name or ``{"name": ..., **kwargs}`` (``cfg.head``).
+        covariate_spec: the covariates FiLM is conditioned on (``None`` or empty: no FiLM).
+        name: accepted for config round-trips (the registry key).
+
+    Forward:
+        image: (B, in_channels, D, H, W); sizes not divisible by ``patch_size`` are zero-padded and the padded
+            cubelets are invalid.
+        cov_num: (B, num_numeric) float; cov_cat: (B, n_categorical) long (when the model has covariates).
+        lung_mask: optional (B, 1, D, H, W); cubelets with less lung than the head's ``lung_frac_min`` are invalid.
+
+    Returns:
+        :class:`SurvivalOutput` with features ``"embed"``, ``"block{i}"``, ``"tokens"`` (B, C, d, h, w).
+    """
+
+    def __init__(self, *, in_channels: int = 1, patch_size: int = 4, stem_convs: int = 1, embed_dim: int = 48,
+                 pos_embed: str = "sincos", img_size: Sequence[int] | None = None, depth: int = 2,
+                 num_heads: int = 3, window_size: int = 4, shift: bool = True, rel_pos_bias: bool = True,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path: float = 0.0, attn_drop: float = 0.0,
+                 drop: float = 0.0, film: bool = True, film_hidden: int = 64, global_residual: bool = True,
+                 use_checkpoint: bool = False, max_windows_per_call: int = MAX_WINDOWS_PER_CALL,
+                 head: str | Mapping[str, Any] = "softmin", covariate_spec: CovariateSpec | None = None,
+                 name: str | None = None):
+        super().__init__()
+        self.covariate_spec = covariate_spec or CovariateSpec()
+        self.patch_size = int(patch_size)
+        self.embed = Conv3dPatchEmbed(in_channels, embed_dim, patch_size, stem_convs=stem_convs, pos_embed=pos_embed,
+                                      img_size=img_size)
+        self.transformer = WindowTransformer3D(
+            embed_dim, depth, num_heads, window_size, shift=shift, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+            rel_pos_bias=rel_pos_bias, attn_drop=attn_drop, drop=drop, drop_path=drop_path,
+            num_numeric=self.covariate_spec.num_numeric, cardinalities=self.covariate_spec.cardinalities, film=film,
+            film_hidden=film_hidden, global_residual=global_residual, use_checkpoint=use_checkpoint,
+            max_windows_per_call=max_windows_per_call)
+        self.head = HEADS.build(head, in_dim=embed_dim)
+
+    @property
+    def uses_film(self) -> bool:
+        return self.transformer.film is not None
+
+    def lung_fraction(self, lung_mask: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) lung mask -> (B, 1, d, h, w) fraction of lung voxels per cubelet (padding counts as
+        no lung)."""
+        return F.avg_pool3d(self.embed.pad(lung_mask.float()), self.patch_size)
+
+    def forward(self, image: torch.Tensor, cov_num: torch.Tensor | None = None, cov_cat: torch.Tensor | None = None,
+                lung_mask: torch.Tensor | None = None) -> SurvivalOutput:
+        if image.ndim != 5:
+            raise ValueError(f"expected image of shape (B, C, D, H, W), got {tuple(image.shape)}.")
+        if lung_mask is not None and (lung_mask.shape[0] != image.shape[0] or lung_mask.shape[2:] != image.shape[2:]):
+            raise ValueError(f"lung_mask shape {tuple(lung_mask.shape)} does not match image {tuple(image.shape)}.")
+        tokens, pad_valid = self.embed(image)
+        padded = any(s % self.patch_size for s in image.shape[2:])
+        key_valid = pad_valid[0, 0] if padded else None
+        out, blocks = self.transformer(tokens, cov_num, cov_cat, key_valid=key_valid)
+        lung_frac = None if lung_mask is None else self.lung_fraction(lung_mask)
+        valid = cubelet_valid_mask(pad_valid, lung_frac, self.head.lung_frac_min).expand(image.shape[0], -1, -1, -1, -1)
+        h = self.head(out, valid)
+        features = {"embed": tokens, **{f"block{i}": b for i, b in enumerate(blocks)}, "tokens": out}
+        return SurvivalOutput(pred=h["pred"], risk=-h["pred"], p=h["p"], loc=h["loc"], valid=h["valid"],
+                              reg_loss=h["reg_loss"], features=features)

@@ -1,0 +1,118 @@
+"""Heads: softmin properties (p = 0 off the valid set, sums to 1, shift invariance), regularisers, every head."""
+
+import pytest
+import torch
+
+from survival3d.models.heads import HEADS, SoftminHead, cubelet_valid_mask, masked_softmin
+
+
+def _valid(b, grid, frac=0.6):
+    v = torch.rand(b, 1, *grid) < frac
+    v.view(b, -1)[:, 0] = True  # at least one valid cubelet per case
+    return v
+
+
+def test_softmin_p_zero_on_invalid_and_sums_to_one():
+    head = SoftminHead(16, hidden=[8, 8], beta_init=float(torch.empty(1).uniform_(0.5, 10)))
+    valid = _valid(3, (3, 4, 5))
+    res = head(torch.randn(3, 16, 3, 4, 5), valid)
+    p = res["p"]
+    assert p.shape == (3, 1, 3, 4, 5) and res["loc"].shape == p.shape
+    assert torch.equal(p[~valid], torch.zeros_like(p[~valid]))
+    torch.testing.assert_close(p.flatten(1).sum(1), torch.ones(3))
+    assert (res["loc"] > 0).all()
+    torch.testing.assert_close(res["pred"], (p * res["loc"]).flatten(1).sum(1))
+    # the prediction lies between the smallest and largest valid loc
+    loc = res["loc"].flatten(1).masked_fill(~valid.flatten(1), float("nan"))
+    assert (res["pred"] >= loc.nan_to_num(float("inf")).min(1).values - 1e-4).all()
+    assert (res["pred"] <= loc.nan_to_num(-float("inf")).max(1).values + 1e-4).all()
+
+
+def test_softmin_invariant_to_constant_shift():
+    loc = torch.randn(4, 30) * 20 + 50
+    valid = _valid(4, (30,)).reshape(4, 30)
+    beta = torch.tensor(float(torch.empty(1).uniform_(0.1, 8)))
+    c = float(torch.empty(1).uniform_(-40, 40))
+    torch.testing.assert_close(masked_softmin(loc + c, valid, beta), masked_softmin(loc, valid, beta))
+    # the head's p is this softmin of its locs
+    head = SoftminHead(8)
+    tokens = torch.randn(2, 8, 2, 3, 2)
+    v = _valid(2, (2, 3, 2))
+    res = head(tokens, v)
+    torch.testing.assert_close(res["p"].flatten(1), masked_softmin(res["loc"].flatten(1), v.flatten(1), head.beta))
+
+
+def test_softmin_prefers_short_times():
+    p = masked_softmin(torch.tensor([[10.0, 50.0, 60.0]]), torch.ones(1, 3, dtype=torch.bool), torch.tensor(1.0))
+    assert p[0, 0] > 0.999
+
+
+def test_init_values_and_positive_beta():
+    head = SoftminHead(8, beta_init=3.0, loc_bias_init=60.0)
+    assert head.beta.item() == pytest.approx(3.0) and head.loc_bias.item() == 60.0
+    with torch.no_grad():
+        head.log_beta.fill_(-50.0)
+    assert head.beta.item() > 0
+
+
+def test_valid_mask_from_lung_fraction_with_fallback():
+    pad_valid = torch.ones(1, 1, 2, 2, 2, dtype=torch.bool)
+    pad_valid[..., 1, 1, 1] = False
+    lung = torch.zeros(2, 1, 2, 2, 2)
+    lung[0, 0, 0] = 0.8  # case 0: only the first slab has lung
+    valid = cubelet_valid_mask(pad_valid, lung, 0.5)
+    assert valid[0, 0, 0].all() and not valid[0, 0, 1].any()
+    assert torch.equal(valid[1], pad_valid[0])  # case 1: no lung anywhere -> fall back to non-padding cubelets
+
+
+def test_entropy_and_smoothness_regularisers():
+    torch.manual_seed(torch.seed() % 2**31)
+    tokens, valid = torch.randn(2, 8, 3, 3, 3), _valid(2, (3, 3, 3))
+    base = SoftminHead(8)
+    reg = SoftminHead(8, entropy_weight=0.3, smooth_weight=0.01)
+    reg.load_state_dict(base.state_dict())
+    assert base(tokens, valid)["reg_loss"].item() == 0.0
+    res = reg(tokens, valid)
+    p, loc = res["p"], res["loc"]
+    ent = sum((pi[pi > 0] * pi[pi > 0].log()).sum() for pi in p) / 2
+    diffs = []
+    for b in range(2):
+        for z, y, x in torch.nonzero(valid[b, 0]).tolist():
+            for dz, dy, dx in [(1, 0, 0), (0, 1, 0), (0, 0, 1)]:
+                n = (z + dz, y + dy, x + dx)
+                if max(n) < 3 and valid[b, 0][n]:
+                    diffs.append((loc[b, 0, z, y, x] - loc[b, 0][n]) ** 2)
+    smooth = torch.stack(diffs).mean() if diffs else torch.tensor(0.0)
+    assert res["reg_loss"].item() == pytest.approx((0.3 * ent + 0.01 * smooth).item(), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", HEADS.keys())
+def test_every_head_shapes_and_grads(name):
+    head = HEADS.build({"name": name, "hidden": [8]}, in_dim=12)
+    tokens = torch.randn(3, 12, 2, 3, 4, requires_grad=True)
+    res = head(tokens, _valid(3, (2, 3, 4)))
+    assert res["pred"].shape == (3,) and (res["pred"] > 0).all()
+    assert res["reg_loss"].ndim == 0
+    (res["pred"].sum() + res["reg_loss"]).backward()
+    assert tokens.grad.abs().sum() > 0
+    for n, prm in head.named_parameters():
+        assert prm.grad is not None and torch.isfinite(prm.grad).all() and prm.grad.abs().sum() > 0, n
+
+
+@pytest.mark.parametrize("name", HEADS.keys())
+@pytest.mark.parametrize("kwargs", [dict(hidden=[]), dict(hidden=[8, 8, 8]), dict(hidden=[0]), dict(loc_bias_init=0.0),
+                                    dict(lung_frac_min=1.5)])
+def test_head_ill_arguments(name, kwargs):
+    with pytest.raises(ValueError):
+        HEADS.build({"name": name, **kwargs}, in_dim=8)
+
+
+@pytest.mark.parametrize("kwargs", [dict(beta_init=0.0), dict(smooth_weight=-1.0)])
+def test_softmin_ill_arguments(kwargs):
+    with pytest.raises(ValueError):
+        SoftminHead(8, **kwargs)
+
+
+def test_meanpool_rejects_regularisers():
+    with pytest.raises(ValueError, match="regularise"):
+        HEADS.build({"name": "meanpool", "entropy_weight": 0.1}, in_dim=8)

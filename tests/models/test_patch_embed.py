@@ -1,0 +1,81 @@
+"""Conv3dPatchEmbed: shapes over parameter products, padding validity, position embeddings, ill arguments."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from survival3d.models.blocks import Conv3dPatchEmbed, sincos_pos_embed_3d
+
+CASES = list(itertools.product([2, 4], [1, 2], ["none", "learnable", "sincos"], [(16, 16, 16), (13, 16, 18)]))
+
+
+@pytest.mark.parametrize("patch,stem,pos,size", CASES)
+def test_shapes(patch, stem, pos, size):
+    emb = Conv3dPatchEmbed(2, 12, patch, stem_convs=stem, pos_embed=pos, img_size=(16, 16, 16))
+    x = torch.randn(2, 2, *size)
+    tokens, valid = emb(x)
+    grid = tuple(math.ceil(s / patch) for s in size)
+    assert tokens.shape == (2, 12, *grid)
+    assert valid.shape == (1, 1, *grid) and valid.dtype == torch.bool
+    assert emb.grid_size(size) == grid
+
+
+def test_valid_marks_mostly_padded_cubelets():
+    emb = Conv3dPatchEmbed(1, 12, 4)
+    _, valid = emb(torch.randn(1, 1, 9, 10, 8))  # last cubelet along D has 1/4 real voxels, along H 2/4
+    assert valid.shape == (1, 1, 3, 3, 2)
+    assert valid[0, 0, :2, :, :].all() and not valid[0, 0, 2].any()
+
+
+def test_padding_does_not_change_real_cubelets():
+    emb = Conv3dPatchEmbed(1, 12, 4, pos_embed="sincos").eval()
+    x = torch.randn(1, 1, 8, 8, 8)
+    big = torch.nn.functional.pad(x, (0, 3, 0, 0, 0, 0), value=0.0)[..., :10]  # 8x8x10: padded by the module
+    with torch.no_grad():
+        a, _ = emb(x)
+        b, _ = emb(big)
+    torch.testing.assert_close(a, b[..., :2])
+
+
+def test_stem_is_local():
+    """With one conv, each token sees only its own cubelet: perturbing one cubelet changes one token."""
+    emb = Conv3dPatchEmbed(1, 12, 4, pos_embed="none").eval()
+    x = torch.randn(1, 1, 12, 12, 12)
+    y = x.clone()
+    y[..., 4:8, 0:4, 8:12] += 1.0
+    with torch.no_grad():
+        diff = (emb(x)[0] - emb(y)[0]).abs().sum(1)[0]
+    assert diff[1, 0, 2] > 0 and (diff > 1e-6).sum() == 1
+
+
+def test_sincos_distinct_and_learnable_resized():
+    pe = sincos_pos_embed_3d((3, 4, 5), 24)
+    assert pe.shape == (24, 3, 4, 5)
+    flat = pe.reshape(24, -1).T
+    assert torch.cdist(flat, flat).add(torch.eye(60)).min() > 1e-3  # every position encoded differently
+    emb = Conv3dPatchEmbed(1, 12, 4, pos_embed="learnable", img_size=(16, 16, 16))
+    tokens, _ = emb(torch.randn(1, 1, 24, 16, 8))
+    assert tokens.shape == (1, 12, 6, 4, 2)
+
+
+def test_channels_last_input_gives_same_tokens():
+    emb = Conv3dPatchEmbed(1, 12, 4, stem_convs=2).eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(emb(x)[0], emb(x.to(memory_format=torch.channels_last_3d))[0])
+
+
+@pytest.mark.parametrize("kwargs", [dict(patch_size=0), dict(stem_convs=0), dict(patch_size=4, stem_convs=4),
+                                    dict(pos_embed="rope"), dict(pos_embed="learnable"), dict(embed_dim=4),
+                                    dict(in_channels=0), dict(min_valid_frac=0.0),
+                                    dict(pos_embed="learnable", img_size=(8, 8))])
+def test_ill_arguments(kwargs):
+    with pytest.raises(ValueError):
+        Conv3dPatchEmbed(**{"in_channels": 1, "embed_dim": 12, "patch_size": 4, **kwargs})
+
+
+def test_bad_input_rank():
+    with pytest.raises(ValueError, match="D, H, W"):
+        Conv3dPatchEmbed(1, 12, 4)(torch.randn(1, 16, 16, 16))
