@@ -120,8 +120,14 @@ def swap_maxpool(
     if not pools:
         raise ValueError(f"{type(model).__name__} has no MaxPool2d/MaxPool3d layer to swap.")
     in_channels: dict[str, int] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=name: in_channels.setdefault(n, args[0].shape[1]))
-             for name, m in pools.items()]
+
+    def record(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            in_channels.setdefault(name, args[0].shape[1])
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in pools.items()]
     was_training = model.training
     try:
         model.eval()
