@@ -1,0 +1,33 @@
+from pathlib import Path
+
+import pytest
+
+from survival3d.flex.config import load_flex_config
+from survival3d.flex.logits import LOGITS
+from survival3d.flex.masking import MASKING
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "flex").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load_and_name_registered_parts(path):
+    cfg = load_flex_config(path)
+    names = [s if isinstance(s, str) else s["name"] for s in cfg.grid.logits]
+    assert all(n in LOGITS for n in names)
+    assert all((s if isinstance(s, str) else s["name"]) in MASKING for s in cfg.grid.masking)
+
+
+def test_digits_plan_covers_every_logits_method():
+    cfg = load_flex_config("flex/digits.yaml")
+    names = {s if isinstance(s, str) else s["name"] for s in cfg.grid.logits}
+    assert names == set(LOGITS.keys())
+    assert cfg.data.name == "digits"
+
+
+def test_masking_plan_tests_the_sharpness_suspicion():
+    cfg = load_flex_config("flex/masking.yaml")
+    specs = [{"name": s} if isinstance(s, str) else dict(s) for s in cfg.grid.masking]
+    assert {s["name"] for s in specs} == set(MASKING.keys())
+    ks = {s.get("k") for s in specs if s["name"] == "sharp_sigmoid"}
+    assert 50 in ks and any(k < 50 for k in ks)
+    assert len(cfg.grid.seeds) >= 2
