@@ -112,8 +112,6 @@ def _to_device(loader: DataLoader, device: torch.device) -> list[tuple[torch.Ten
 def run_flex(cfg: DictConfig, out_dir: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one configuration; returns (and writes) the result record."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     t_cfg, a_cfg = cfg.train, cfg.attack
     if t_cfg.optimizer not in _OPTIMIZERS:
         raise ConfigError(f"train.optimizer '{t_cfg.optimizer}' is not one of {sorted(_OPTIMIZERS)}.")
@@ -127,6 +125,8 @@ def run_flex(cfg: DictConfig, out_dir: str | os.PathLike, *, progress: bool = Tr
     data = load_flex_data(cfg.data)
     _seed_all(t_cfg.seed)
     model = build_network(cfg.model, data).to(device)
+    out.mkdir(parents=True, exist_ok=True)  # only once the config has proved buildable
+    save_config(cfg, out / "config.yaml")
     gen = torch.Generator().manual_seed(t_cfg.seed)
     train_loader = DataLoader(data.train, batch_size=cfg.data.batch_size, shuffle=True, generator=gen,
                               num_workers=cfg.data.num_workers, drop_last=len(data.train) > cfg.data.batch_size)

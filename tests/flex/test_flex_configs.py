@@ -31,3 +31,20 @@ def test_masking_plan_tests_the_sharpness_suspicion():
     ks = {s.get("k") for s in specs if s["name"] == "sharp_sigmoid"}
     assert 50 in ks and any(k < 50 for k in ks)
     assert len(cfg.grid.seeds) >= 2
+
+
+def test_build_network_torchvision_arch_swaps_maxpool():
+    import torch
+
+    from survival3d.errors import ConfigError
+    from survival3d.flex.data import load_flex_data
+    from survival3d.flex.nets import flex_layers
+    from survival3d.flex.train import build_network
+
+    cfg = load_flex_config(overrides=["model.arch=resnet18", "model.masking.name=ste"])
+    data = load_flex_data(cfg.data)
+    net = build_network(cfg.model, data).eval()
+    assert [n for n, _ in flex_layers(net)] == ["1.maxpool"]
+    assert net(torch.rand(2, 1, 8, 8)).shape == (2, 10)  # grey digits repeated to 3 channels inside
+    with pytest.raises(ConfigError, match="neither 'flexnet' nor a torchvision classifier"):
+        build_network(load_flex_config(overrides=["model.arch=resnet_18"]).model, data)
