@@ -170,14 +170,37 @@ def _markdown(summary: pd.DataFrame, attacks: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _styles(table: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
+    """Colour per logits method, line style per masking function: 20+ curves stay tellable apart."""
+    import matplotlib.pyplot as plt
+
+    logits = list(dict.fromkeys(table.logits))
+    maskings = list(dict.fromkeys(table.masking))
+    cmap = plt.get_cmap("tab20" if len(logits) > 10 else "tab10")
+    return {(lg, mk): {"color": cmap(logits.index(lg) % cmap.N),
+                       "linestyle": _LINESTYLES[maskings.index(mk) % len(_LINESTYLES)]}
+            for lg, mk in zip(table.logits, table.masking)}
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    _atomic(path, lambda p: fig.savefig(p, dpi=120, format="png", bbox_inches="tight"))
+    plt.close(fig)
+
+
 def _plot_curves(table: pd.DataFrame, attacks: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    styles = _styles(table)
     datasets = list(dict.fromkeys(table.dataset))
-    fig, axes = plt.subplots(len(datasets), len(attacks), figsize=(5.5 * len(attacks), 4 * len(datasets)),
+    fig, axes = plt.subplots(len(datasets), len(attacks), figsize=(5 * len(attacks), 4 * len(datasets)),
                              squeeze=False, sharey=True)
     for i, ds in enumerate(datasets):
         sub = table[table.dataset == ds]
@@ -186,13 +209,14 @@ def _plot_curves(table: pd.DataFrame, attacks: list[str], path: Path) -> None:
             for (lg, mk), grp in sub.groupby(["logits", "masking"], sort=False):
                 eps = np.asarray(grp.eps.iloc[0])
                 acc = np.mean([c[attack] for c in grp.curves], axis=0)
-                ax.plot(eps, acc, marker="o", ms=3, label=f"{lg} / {mk}")
-            ax.set(title=f"{ds}: {attack.upper()}", xlabel="ε (L∞, pixel range [0, 1])", ylabel="robust accuracy")
+                ax.plot(eps, acc, marker="o", ms=2.5, lw=1.2, label=f"{lg} / {mk}", **styles[(lg, mk)])
+            ax.set(title=f"{ds}: {attack.upper()} (mean over seeds)", xlabel="ε (L∞, pixel range [0, 1])",
+                   ylabel="robust accuracy")
             ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=6, loc="upper right")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title="logits / masking")
     fig.tight_layout()
-    _atomic(path, lambda p: fig.savefig(p, dpi=120, format="png"))
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_conv_ratio(out: Path, table: pd.DataFrame, path: Path) -> None:
@@ -201,22 +225,24 @@ def _plot_conv_ratio(out: Path, table: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for _, r in table.iterrows():
-        hist = out / "runs" / r.run_id / "history.csv"
-        if not hist.is_file():
-            continue
-        h = pd.read_csv(hist)
-        if "val_conv_ratio" not in h:
-            continue
-        curve = h.groupby("epoch")["val_conv_ratio"].mean()
-        ax.plot(curve.index, curve.values, label=f"{r.logits} / {r.masking} / s{r.seed}")
+    styles = _styles(table)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (lg, mk), grp in table.groupby(["logits", "masking"], sort=False):
+        curves = []
+        for run_id in grp.run_id:
+            hist = out / "runs" / run_id / "history.csv"
+            if hist.is_file():
+                h = pd.read_csv(hist)
+                if "val_conv_ratio" in h:
+                    curves.append(h.groupby("epoch")["val_conv_ratio"].mean())
+        if curves:
+            curve = pd.concat(curves, axis=1).mean(axis=1)
+            ax.plot(curve.index, curve.values, lw=1.2, label=f"{lg} / {mk}", **styles[(lg, mk)])
     ax.set(xlabel="epoch", ylabel="conv ratio (mean over FlexLayers, validation)", ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=5, ncol=2)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title="logits / masking")
     fig.tight_layout()
-    _atomic(path, lambda p: fig.savefig(p, dpi=120, format="png"))
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_report(table: pd.DataFrame, out: Path, *, wall_time_s: float | None = None) -> None:
@@ -233,6 +259,8 @@ def write_report(table: pd.DataFrame, out: Path, *, wall_time_s: float | None = 
     threads = ", ".join(str(t) for t in sorted(set(table.torch_threads)))
     eps = table.eps.iloc[0]
     meta = [f"{len(table)} runs; device {device}, torch threads {threads}; ε grid {', '.join(f'{e:g}' for e in eps)}."]
+    run_time = (table.train_time_s.sum() + table.eval_time_s.sum()) / 60
+    meta.append(f"Sum of per-run train + attack time: {run_time:.1f} min.")
     if wall_time_s is not None:
         meta.append(f"Wall time of this invocation: {wall_time_s / 60:.1f} min (finished runs are skipped, not re-timed).")
     text = "# FlexLayer results\n\n" + " ".join(meta) + "\n\n" + _markdown(summary, attacks)
