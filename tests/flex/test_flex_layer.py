@@ -173,11 +173,18 @@ def test_flexnet_bad_arguments():
         FlexNet(1, 1)
 
 
-@pytest.mark.parametrize("arch, n_pools", [("resnet18", 1), ("vgg11", 5)])
-def test_swap_maxpool_in_torchvision(arch, n_pools):
+def _torchvision(arch: str) -> nn.Module:
     import torchvision
+    from torchvision.models.vgg import cfgs, make_layers
 
-    net = torchvision.models.get_model(arch, weights=None, num_classes=7)
+    if arch == "vgg11_features":  # VGG-11's feature extractor, where all 5 max-pools live (skips the 120M-param head)
+        return make_layers(cfgs["A"], batch_norm=False)
+    return torchvision.models.get_model(arch, weights=None, num_classes=7)
+
+
+@pytest.mark.parametrize("arch, n_pools", [("resnet18", 1), ("vgg11_features", 5)])
+def test_swap_maxpool_in_torchvision(arch, n_pools):
+    net = _torchvision(arch)
     x = torch.rand(2, 3, 32, 32)
     net.eval()
     before = net(x).shape
@@ -189,7 +196,7 @@ def test_swap_maxpool_in_torchvision(arch, n_pools):
     assert left == [f"{n}.pool" for n in swapped]  # only the FlexLayers' own pooling branches remain
     assert net(x).shape == before
     first = layers[0][1]
-    ref = {"resnet18": (3, 2, 1), "vgg11": (2, 2, 0)}[arch]
+    ref = {"resnet18": (3, 2, 1), "vgg11_features": (2, 2, 0)}[arch]
     assert (first.conv.kernel_size[0], first.conv.stride[0], first.conv.padding[0]) == ref
 
 
