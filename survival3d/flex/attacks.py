@@ -10,13 +10,19 @@ Both are untargeted (maximise the cross-entropy of the true label) and use the m
 FlexLayers with ``ste``/``stochastic`` masking that is the surrogate gradient, and a sharp sigmoid may hide the
 gradient (gradient masking), which shows up as a suspiciously high attack AUC.
 
+Gradient masking is probed with BPDA (Athalye, Carlini & Wagner, "Obfuscated gradients give a false sense of
+security", ICML 2018): :func:`surrogate_gradients` keeps every FlexLayer's mask value but back-propagates through
+``σ(k'·z)`` with a mild ``k'``; if a model is much less robust under this attack than under its own gradients, its
+robustness was an artefact of vanishing gradients.
+
 The attack AUC is :math:`\\frac{1}{\\varepsilon_{max}}\\int_0^{\\varepsilon_{max}} \\mathrm{acc}(\\varepsilon)\\,
 d\\varepsilon` by the trapezoidal rule: the mean robust accuracy over the ε range, in ``[0, clean accuracy]``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -25,7 +31,8 @@ from torch import nn
 
 from survival3d.registry import Registry
 
-__all__ = ["ATTACKS", "fgsm", "pgd", "accuracy", "robust_accuracy_curve", "attack_auc", "eps_grid"]
+__all__ = ["ATTACKS", "fgsm", "pgd", "accuracy", "robust_accuracy_curve", "attack_auc", "eps_grid",
+           "surrogate_gradients"]
 
 ATTACKS: Registry = Registry("attack")
 
@@ -66,6 +73,37 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps
         adv = adv + alpha * _input_grad(model, adv, y).sign()
         adv = _clip(torch.min(torch.max(adv, x0 - eps), x0 + eps), bounds).detach()
     return adv
+
+
+class _SurrogateMask(nn.Module):
+    """The wrapped mask's value in the forward pass, the gradient of ``σ(k·z)`` in the backward pass."""
+
+    def __init__(self, inner: nn.Module, k: float):
+        super().__init__()
+        self.inner, self.k = inner, float(k)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        soft = torch.sigmoid(self.k * logits)
+        return self.inner(logits).detach() + (soft - soft.detach())
+
+
+@contextmanager
+def surrogate_gradients(model: nn.Module, k: float = 1.0) -> Iterator[nn.Module]:
+    """Within the block, every learned-mask FlexLayer of ``model`` back-propagates through ``σ(k·z)`` (BPDA) while
+    its outputs stay bit-identical; the original masking functions are restored on exit."""
+    from survival3d.flex.layer import FlexLayer
+
+    if not k > 0:
+        raise ValueError(f"surrogate k must be > 0, got {k}.")
+    layers = [m for m in model.modules() if isinstance(m, FlexLayer) and not m.logits.joint]
+    saved = [layer.masking for layer in layers]
+    try:
+        for layer in layers:
+            layer.masking = _SurrogateMask(layer.masking, k)
+        yield model
+    finally:
+        for layer, masking in zip(layers, saved):
+            layer.masking = masking
 
 
 def eps_grid(eps_max: float, n_steps: int) -> list[float]:

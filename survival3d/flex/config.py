@@ -69,6 +69,7 @@ class FlexAttackConfig:
     pgd_step_size: Optional[float] = None  # None = 2.5·ε/pgd_steps
     random_start: bool = True
     n_eval: Optional[int] = None  # attack the first n validation images (None = all)
+    bpda_k: Optional[float] = None  # also attack through σ(bpda_k·z) gradients (BPDA, "<attack>_bpda" curves)
 
 
 @dataclass

@@ -208,7 +208,10 @@ def _plot_curves(table: pd.DataFrame, attacks: list[str], path: Path) -> None:
             ax = axes[i, j]
             for (lg, mk), grp in sub.groupby(["logits", "masking"], sort=False):
                 eps = np.asarray(grp.eps.iloc[0])
-                acc = np.mean([c[attack] for c in grp.curves], axis=0)
+                found = [c[attack] for c in grp.curves if attack in c]
+                if not found:
+                    continue
+                acc = np.mean(found, axis=0)
                 ax.plot(eps, acc, marker="o", ms=2.5, lw=1.2, label=f"{lg} / {mk}", **styles[(lg, mk)])
             ax.set(title=f"{ds}: {attack.upper()} (mean over seeds)", xlabel="ε (L∞, pixel range [0, 1])",
                    ylabel="robust accuracy")
@@ -250,7 +253,7 @@ def write_report(table: pd.DataFrame, out: Path, *, wall_time_s: float | None = 
     attacks = [c[: -len("_auc")] for c in table.columns if c.endswith("_auc")]
     flat = table.drop(columns=[c for c in ("curves", "eps", "layers") if c in table.columns])
     for attack in attacks:  # the curves, flattened for spreadsheet users
-        flat[f"{attack}_curve"] = [";".join(f"{a:.4f}" for a in c[attack]) for c in table.curves]
+        flat[f"{attack}_curve"] = [";".join(f"{a:.4f}" for a in c.get(attack, [])) for c in table.curves]
     flat["eps"] = [";".join(f"{e:g}" for e in e_) for e_ in table.eps]
     _atomic(out / "results.csv", lambda p: flat.to_csv(p, index=False))
     summary = summarise(table)

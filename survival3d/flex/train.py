@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from survival3d.config import save_config
 from survival3d.errors import ConfigError
-from survival3d.flex.attacks import ATTACKS, attack_auc, eps_grid, robust_accuracy_curve
+from survival3d.flex.attacks import ATTACKS, attack_auc, eps_grid, robust_accuracy_curve, surrogate_gradients
 from survival3d.flex.data import FlexData, load_flex_data
 from survival3d.flex.nets import FlexNet, InputAdapter, count_params, flex_layers, flex_stats, reset_flex_stats, \
     swap_maxpool
@@ -188,6 +188,11 @@ def run_flex(cfg: DictConfig, out_dir: str | os.PathLike, *, progress: bool = Tr
     for name, fn in attacks.items():
         curves[name] = robust_accuracy_curve(model, batches, eps, fn, **attack_kwargs.get(name, {}))
         aucs[name] = attack_auc(eps, curves[name])
+    if a_cfg.bpda_k is not None:  # the same attacks through smooth surrogate gradients: exposes gradient masking
+        with surrogate_gradients(model, a_cfg.bpda_k):
+            for name, fn in attacks.items():
+                curves[f"{name}_bpda"] = robust_accuracy_curve(model, batches, eps, fn, **attack_kwargs.get(name, {}))
+                aucs[f"{name}_bpda"] = attack_auc(eps, curves[f"{name}_bpda"])
     eval_time = time.perf_counter() - t1
 
     last = [h for h in history if h["epoch"] == t_cfg.epochs and "layer" in h]

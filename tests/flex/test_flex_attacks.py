@@ -104,3 +104,26 @@ def test_attack_auc_closed_forms():
 def test_bad_arguments(call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call()
+
+
+def test_surrogate_gradients_keep_outputs_and_unmask_saturated_gradients():
+    from survival3d.flex.attacks import surrogate_gradients
+    from survival3d.flex.layer import FlexLayer
+    from survival3d.flex.masking import SharpSigmoid
+
+    # logits = pool + 1 >= 1 everywhere on [0, 1] inputs: σ(50·z) is exactly 1, so no gradient reaches τ
+    layer = FlexLayer(2, logits={"name": "threshold", "init": -1.0}, masking={"name": "sharp_sigmoid", "k": 50})
+    x = torch.rand(3, 2, 6, 6)
+    plain = layer(x)
+    plain.sum().backward()
+    assert layer.logits.tau.grad.abs().sum() == 0
+    layer.zero_grad()
+    with surrogate_gradients(nn.Sequential(layer), k=1.0):
+        bpda = layer(x)
+        bpda.sum().backward()
+    assert torch.equal(bpda, plain)
+    assert layer.logits.tau.grad.abs().sum() > 0
+    assert isinstance(layer.masking, SharpSigmoid)  # restored
+    with pytest.raises(ValueError, match="surrogate k must be > 0"):
+        with surrogate_gradients(layer, k=0):
+            pass
