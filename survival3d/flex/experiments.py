@@ -61,7 +61,8 @@ def spec_label(spec: dict[str, Any]) -> str:
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     if not kwargs:
         return str(spec["name"])
-    return f"{spec['name']}({','.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in sorted(kwargs.items()))})"
+    args = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(kwargs.items()))
+    return f"{spec['name']}({args})"
 
 
 def _slug(text: str) -> str:

@@ -29,8 +29,7 @@ from survival3d.config import save_config
 from survival3d.errors import ConfigError
 from survival3d.flex.attacks import ATTACKS, attack_auc, eps_grid, robust_accuracy_curve, surrogate_gradients
 from survival3d.flex.data import FlexData, load_flex_data
-from survival3d.flex.nets import FlexNet, InputAdapter, count_params, flex_layers, flex_stats, reset_flex_stats, \
-    swap_maxpool
+from survival3d.flex.nets import FlexNet, InputAdapter, count_params, flex_layers, flex_stats, swap_maxpool
 
 __all__ = ["build_network", "run_flex", "resolve_device", "write_json_atomic"]
 
