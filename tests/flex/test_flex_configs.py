@@ -48,3 +48,28 @@ def test_build_network_torchvision_arch_swaps_maxpool():
     assert net(torch.rand(2, 1, 8, 8)).shape == (2, 10)  # grey digits repeated to 3 channels inside
     with pytest.raises(ConfigError, match="neither 'flexnet' nor a torchvision classifier"):
         build_network(load_flex_config(overrides=["model.arch=resnet_18"]).model, data)
+
+
+def test_image_folder_dataset_split_and_errors(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from survival3d.errors import InputError
+    from survival3d.flex.data import load_flex_data
+
+    rng = np.random.default_rng()
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    cfg = load_flex_config(overrides=["data.name=image_folder", f"data.root={tmp_path}", "data.image_size=8",
+                                      "data.val_frac=0.4"])
+    data = load_flex_data(cfg.data)
+    assert (len(data.train), len(data.val), data.num_classes, data.in_channels) == (6, 4, 2, 3)
+    x, y = data.val[0]
+    assert x.shape == (3, 8, 8) and 0 <= x.min() and x.max() <= 1 and y in (0, 1)
+    with pytest.raises(InputError, match=r"\[data.image_size\]"):
+        load_flex_data(load_flex_config(overrides=["data.name=image_folder", f"data.root={tmp_path}"]).data)
+    with pytest.raises(InputError, match="image folder not found"):
+        load_flex_data(load_flex_config(overrides=["data.name=image_folder", f"data.root={tmp_path}/nope",
+                                                   "data.image_size=8"]).data)
