@@ -172,17 +172,19 @@ def _markdown(summary: pd.DataFrame, attacks: list[str]) -> str:
 
 
 _LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "v", "D", "x", "P", "*")
 
 
 def _styles(table: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
-    """Colour per logits method, line style per masking function: 20+ curves stay tellable apart."""
+    """Colour per logits method, line style and marker per masking function: 20+ curves stay tellable apart."""
     import matplotlib.pyplot as plt
 
     logits = list(dict.fromkeys(table.logits))
     maskings = list(dict.fromkeys(table.masking))
     cmap = plt.get_cmap("tab20" if len(logits) > 10 else "tab10")
     return {(lg, mk): {"color": cmap(logits.index(lg) % cmap.N),
-                       "linestyle": _LINESTYLES[maskings.index(mk) % len(_LINESTYLES)]}
+                       "linestyle": _LINESTYLES[maskings.index(mk) % len(_LINESTYLES)],
+                       "marker": _MARKERS[maskings.index(mk) % len(_MARKERS)]}
             for lg, mk in zip(table.logits, table.masking)}
 
 
@@ -213,7 +215,7 @@ def _plot_curves(table: pd.DataFrame, attacks: list[str], path: Path) -> None:
                 if not found:
                     continue
                 acc = np.mean(found, axis=0)
-                ax.plot(eps, acc, marker="o", ms=2.5, lw=1.2, label=f"{lg} / {mk}", **styles[(lg, mk)])
+                ax.plot(eps, acc, ms=3, lw=1.2, label=f"{lg} / {mk}", **styles[(lg, mk)])
             ax.set(title=f"{ds}: {attack.upper()} (mean over seeds)", xlabel="ε (L∞, pixel range [0, 1])",
                    ylabel="robust accuracy")
             ax.grid(alpha=0.3)
@@ -241,7 +243,7 @@ def _plot_conv_ratio(out: Path, table: pd.DataFrame, path: Path) -> None:
                     curves.append(h.groupby("epoch")["val_conv_ratio"].mean())
         if curves:
             curve = pd.concat(curves, axis=1).mean(axis=1)
-            ax.plot(curve.index, curve.values, lw=1.2, label=f"{lg} / {mk}", **styles[(lg, mk)])
+            ax.plot(curve.index, curve.values, lw=1.2, ms=3, label=f"{lg} / {mk}", **styles[(lg, mk)])
     ax.set(xlabel="epoch", ylabel="conv ratio (mean over FlexLayers, validation)", ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title="logits / masking")
