@@ -7,8 +7,10 @@ from survival3d.flex.attacks import ATTACKS, attack_auc, eps_grid, fgsm, pgd, ro
 
 
 def _linear(d: int) -> nn.Linear:
-    model = nn.Linear(d, 2)
-    nn.init.normal_(model.weight)
+    """A float64 linear classifier with moderate margins: with very confident float32 logits, softmax rounds the
+    other class's probability to 0 and the input gradient to rounding noise, which has no well-defined sign."""
+    model = nn.Linear(d, 2).double()
+    nn.init.normal_(model.weight, std=0.3)
     return model
 
 
@@ -18,21 +20,22 @@ def test_fgsm_known_answer_on_linear_model():
     exactly ε‖w1 − w0‖₁."""
     d, eps = 20, 0.3
     model = _linear(d)
-    x = torch.randn(16, d)
+    x = torch.randn(16, d, dtype=torch.float64)
     y = torch.randint(0, 2, (16,))
     w = (model.weight[1] - model.weight[0]).detach()
     adv = fgsm(model, x, y, eps, bounds=None)
     direction = torch.where(y[:, None] == 0, 1.0, -1.0) * w.sign()
     torch.testing.assert_close(adv - x, eps * direction)
     margin = lambda z: ((z[:, 1] - z[:, 0]) * torch.where(y == 0, 1.0, -1.0)).detach()  # noqa: E731
-    torch.testing.assert_close(margin(model(adv)) - margin(model(x)), torch.full((16,), eps * w.abs().sum().item()))
+    expected = torch.full((16,), eps * w.abs().sum().item(), dtype=torch.float64)
+    torch.testing.assert_close(margin(model(adv)) - margin(model(x)), expected)
 
 
 @pytest.mark.parametrize("random_start", [True, False])
 def test_pgd_reaches_the_linf_corner_on_linear_model(random_start):
     d, eps = 12, 0.2
     model = _linear(d)
-    x, y = torch.randn(8, d), torch.zeros(8, dtype=torch.long)
+    x, y = torch.randn(8, d, dtype=torch.float64), torch.zeros(8, dtype=torch.long)
     w = (model.weight[1] - model.weight[0]).detach()
     # 5 steps of eps/2 cover 2.5 eps >= the diameter of the ball: every start ends at the maximising corner
     adv = pgd(model, x, y, eps, steps=5, step_size=eps / 2, random_start=random_start, bounds=None)
@@ -59,7 +62,7 @@ def test_eps_zero_is_identity(name):
 
 def test_attacks_do_not_touch_parameter_gradients():
     model = _linear(5)
-    pgd(model, torch.randn(4, 5), torch.zeros(4, dtype=torch.long), 0.1, steps=3)
+    pgd(model, torch.randn(4, 5, dtype=torch.float64), torch.zeros(4, dtype=torch.long), 0.1, steps=3)
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -68,7 +71,7 @@ def test_robust_curve_on_linear_model_matches_closed_form():
     below ε‖w‖₁."""
     d = 6
     model = _linear(d)
-    x = torch.randn(200, d)
+    x = torch.randn(200, d, dtype=torch.float64)
     with torch.no_grad():
         y = model(x).argmax(1)  # all correct at ε = 0
         z = model(x)
