@@ -8,7 +8,8 @@ rewritten after every check, so a run cut short keeps what it measured):
 
 1. ``bench_eager`` / ``bench_compiled``: both models at 128³, batch 2, bf16 autocast, eager then
    ``torch.compile``d (training and inference).
-2. ``bench_large``: 160³ and 192³ at batch 2, each model in whichever mode (eager/compiled) was faster at 128³.
+2. ``bench_large``: 160³ and 192³ at batch 2, each model in whichever mode (eager/compiled) was faster at 128³
+   (eager in ``--tiny``).
 3. ``bench_huge``: 256³: the project model at batch 4 (with activation checkpointing when it runs out of memory
    or needs more than ``--mem-budget-gib`` without), MONAI at batch 1 and 2.
 4. ``compile_equality``: compiled vs eager outputs, loss and gradients at 128³ (tolerances in
@@ -19,7 +20,9 @@ rewritten after every check, so a run cut short keeps what it measured):
    first failure, recording whether it was out-of-memory or an SDPA/kernel error.
 7. ``goals``: the issue's targets evaluated on the numbers above.
 
-Outputs in ``--out``: ``gpu_checks.json`` (everything) and ``gpu_checks.md`` (tables).
+Outputs in ``--out``: ``gpu_checks.json`` (everything) and ``gpu_checks.md`` (tables). ``--only`` runs a subset;
+results of other checks from an earlier run into the same ``--out`` (same device and settings) are kept, so the
+checks can be split over several shorter calls (``--fresh`` starts over).
 ``--tiny`` shrinks every size (and MONAI's widths) so the whole script runs on a CPU in about a minute.
 """
 
@@ -50,11 +53,13 @@ class Plan:
         self.tiny = tiny
         if tiny:
             self.main_size, self.main_batch = 16, 1
-            self.large_sizes = [24]
-            self.huge_size, self.huge_batch, self.monai_huge_batches = 32, 2, [1]
-            self.sweep_sizes, self.sweep_batch = [16, 32], 1
+            self.large_sizes = [20]
+            self.huge_size, self.huge_batch, self.monai_huge_batches = 24, 2, [1]
+            self.sweep_sizes, self.sweep_batch = [16, 24], 1
             self.steps, self.warmup = 1, 1
-            self.monai_options: dict[str, Any] = {"embed_dim": 12}  # SwinUNETR widths / 4: plumbing only
+            # SwinUNETR widths / 4 and one block per stage: a rehearsal of the plumbing, not MONAI's model
+            self.monai_options: dict[str, Any] = {"embed_dim": 12, "depths": (1, 1, 1, 1)}
+            self.compile_large: bool | None = False  # re-tracing at each new size costs minutes on a CPU
         else:
             self.main_size, self.main_batch = 128, 2
             self.large_sizes = [160, 192]
@@ -62,6 +67,7 @@ class Plan:
             self.sweep_sizes, self.sweep_batch = [256, 320, 384, 448, 512], 2
             self.steps, self.warmup = 10, 3
             self.monai_options = {}
+            self.compile_large = None  # each model in whichever mode was faster at the main size
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -182,6 +188,28 @@ def format_report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _previous_results(path: Path, current: dict[str, Any]) -> dict[str, Any]:
+    """An earlier ``gpu_checks.json`` when it was made on the same device with the same plan and settings."""
+    import json
+
+    if not path.is_file():
+        return {}
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable earlier results %s: %s", path, e)
+        return {}
+    same = (
+        prev.get("environment", {}).get("device_name") == current["environment"]["device_name"]
+        and prev.get("plan") == current["plan"]
+        and prev.get("settings") == current["settings"]
+    )
+    if not same:
+        log.warning("not reusing %s: made on another device or with other settings.", path)
+        return {}
+    return prev
+
+
 def run_checks(
     out: Path,
     *,
@@ -194,8 +222,14 @@ def run_checks(
     config: str | None = None,
     mem_budget_gib: float = 40.0,
     progress: bool = True,
+    keep_previous: bool = True,
 ) -> dict[str, Any]:
-    """Run the selected checks, writing ``gpu_checks.json`` and ``gpu_checks.md`` into ``out`` after each one."""
+    """Run the selected checks, writing ``gpu_checks.json`` and ``gpu_checks.md`` into ``out`` after each one.
+
+    With ``keep_previous``, checks not selected in ``only`` keep their results from an earlier run into the same
+    ``out`` (same device, plan and settings), so the checks can be split over several calls (``--only``) — e.g.
+    on a machine that limits the length of one command — and still end in one report.
+    """
     import torch
 
     from survival3d.bench.checks import compare_compiled, sdpa_backend_support, sdpa_ops, train_step_fn
@@ -216,6 +250,13 @@ def run_checks(
         "settings": {"amp": amp, "compile_backend": compile_backend, "overrides": list(overrides), "config": config,
                      "mem_budget_gib": mem_budget_gib},
     }
+    previous = _previous_results(out / "gpu_checks.json", results) if keep_previous else {}
+    for name in CHECKS:
+        if name not in only and name in previous:
+            results[name] = previous[name]
+            results.setdefault("check_seconds", {})[name] = previous.get("check_seconds", {}).get(name)
+    if previous:
+        log.info("kept earlier results of %s from %s", sorted(set(previous) & set(CHECKS) - set(only)), out)
 
     def save() -> None:
         results["goals"] = evaluate_goals(results, mem_budget_gib)
@@ -223,6 +264,8 @@ def run_checks(
         write_text(format_report(results) + "\n", out / "gpu_checks.md")
 
     def faster_compile(model: str) -> bool:
+        if plan.compile_large is not None:
+            return plan.compile_large
         def vps(name):
             for e in (results.get(name) or {}).get("results", []):
                 rec = (e["models"].get(model) or {}).get("train") or {}
@@ -281,7 +324,12 @@ def run_checks(
         ]
         report = {
             "environment": results["environment"],
-            "settings": {**common, "checkpointing": checkpointing, "dtype": "bf16-autocast" if amp else "fp32"},
+            "settings": {
+                **common,
+                "checkpointing": checkpointing,
+                "compile": {PROJECT: faster_compile(PROJECT), BASELINE: faster_compile(BASELINE)},
+                "dtype": "bf16-autocast" if amp and device.type == "cuda" else "fp32",
+            },
             "results": [{"size": plan.huge_size, "models": {PROJECT: rec}}]
             + [{"size": plan.huge_size, "models": {f"{BASELINE} (b{m['batch']})": m}} for m in monai],
         }
@@ -347,8 +395,7 @@ def run_checks(
         except Exception as e:  # one broken check must not lose the others' results; the traceback is kept
             log.error("check %s failed: %s", name, e)
             results[name] = {"check_error": f"{type(e).__name__}: {e}"[:1000], "traceback": traceback.format_exc()}
-        if isinstance(results[name], dict):
-            results[name]["check_seconds"] = round(time.perf_counter() - t0, 2)
+        results.setdefault("check_seconds", {})[name] = round(time.perf_counter() - t0, 2)
         save()
     save()
     free_memory(device)
@@ -370,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mem-budget-gib", type=float, default=40.0, help="256³ memory budget (40 GiB)")
     p.add_argument("--config", default=None, help="YAML config for the project model")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--fresh", action="store_true", help="ignore results of an earlier run into --out")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="project config overrides")
     return p
 
@@ -403,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=args.config,
         mem_budget_gib=args.mem_budget_gib,
         progress=args.progress,
+        keep_previous=not args.fresh,
     )
     failed = [k for k in only if isinstance(results.get(k), dict) and "check_error" in results[k]]
     log.info("wrote %s and %s", Path(args.out) / "gpu_checks.json", Path(args.out) / "gpu_checks.md")

@@ -1,0 +1,58 @@
+"""The GPU-check script, rehearsed on CPU with ``--tiny``: every check runs and both result files are written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from survival3d.bench.gpu_checks import CHECKS, main
+
+
+@pytest.mark.timeout(600)
+def test_gpu_checks_tiny_on_cpu_writes_its_files(survival_builders, tmp_path):
+    out = tmp_path / "gc"
+    rc = main(["--out", str(out), "--device", "cpu", "--tiny", "--compile-backend", "eager", "--no-progress"])
+    results = json.loads((out / "gpu_checks.json").read_text())
+    failed = {k: results[k].get("check_error") for k in CHECKS if "check_error" in results.get(k, {})}
+    assert rc == 0 and not failed, failed
+    assert results["plan"]["tiny"] is True and set(results["check_seconds"]) == set(CHECKS)
+
+    main_size = results["plan"]["main_size"]
+    for name in ("bench_eager", "bench_compiled"):
+        (entry,) = results[name]["results"]
+        assert entry["size"] == main_size and set(entry["models"]) == {"survival3d", "monai_swinvit"}
+        assert all(r["status"] == "ok" for r in entry["models"].values()), name
+        assert entry["ratios"]["train"]["volumes_per_s"] > 0
+    compiled = results["bench_compiled"]["results"][0]["models"]["survival3d"]
+    assert compiled["infer"]["compiled"] and compiled["train"]["compiled"]
+    assert [e["size"] for e in results["bench_large"]["results"]] == results["plan"]["large_sizes"]
+
+    huge = results["bench_huge"]
+    assert huge["project"]["batch"] == results["plan"]["huge_batch"] and huge["project"]["status"] == "ok"
+    assert [m["batch"] for m in huge["monai"]] == results["plan"]["monai_huge_batches"]
+
+    eq = results["compile_equality"]
+    assert eq["ok"] and eq["precision"] == "fp32" and eq["grads"]["ok"] and eq["loss"]["ok"]
+
+    sdpa = results["sdpa"]
+    assert sdpa["default"]["ok"] and sdpa["default"]["backends"]  # the model does call SDPA, with grad
+    assert sdpa["default"]["backward_backends"]
+    assert sdpa["FLASH"]["ok"] and sdpa["FLASH"]["backends"] == ["flash_cpu"]  # CPU has a fused flash kernel
+    assert not sdpa["EFFICIENT"]["ok"] and "No" in sdpa["EFFICIENT"]["error"]  # ... but no efficient one
+
+    sweep = results["largest_size"]
+    assert sweep["largest_ok"] == results["plan"]["sweep_sizes"][-1] and sweep["first_failure"] is None
+    assert set(results["goals"]) >= {"train_speed_ratio_main", "train_mem_ratio_main", "huge_train_mem_gib"}
+
+    md = (out / "gpu_checks.md").read_text()
+    for heading in ("## bench_eager", "## bench_compiled", "## bench_large", "## bench_huge", "## compile_equality",
+                    "## sdpa", "## largest_size", "## goals", "TINY rehearsal"):
+        assert heading in md, heading
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_gpu_checks_rejects_unknown_check(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "x"), "--device", "cpu", "--only", "bench_eager,sdpq"]) == 2
+    assert "sdpq" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
