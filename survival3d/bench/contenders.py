@@ -120,7 +120,7 @@ class BenchContender:
         raise NotImplementedError
 
     def infer(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Inference through ``self.net`` (call under ``torch.inference_mode``): named output tensors."""
+        """Inference through ``self.net`` (called under ``torch.no_grad``): named output tensors."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -142,6 +142,9 @@ class SurvivalContender(BenchContender):
         num_numeric: numeric covariates fed to FiLM (e.g. age, pack-years).
         cardinalities: levels (incl. 'unknown') of each categorical covariate (e.g. sex, smoking status).
         lung_mask: pass a lung mask (all lung) so the head's lung-fraction validity path runs as in real use.
+
+    Activation checkpointing uses the config's ``model.use_checkpoint`` when the schema has it, and
+    :func:`checkpoint_blocks` otherwise.
     """
 
     name = "survival3d"
@@ -182,8 +185,14 @@ class SurvivalContender(BenchContender):
         self.cfg = load_config(config, overrides, schema=ExperimentConfig, defaults=defaults)
         self.spec = CovariateSpec(num_numeric=int(num_numeric), cardinalities=[int(c) for c in cardinalities])
         self.use_lung_mask = bool(lung_mask)
+        native = self.checkpointing and "use_checkpoint" in self.cfg.model  # the model's own switch, if it has one
+        if native:
+            self.cfg.model.use_checkpoint = True
         model = build_model(self.cfg, self.spec)
-        self.checkpointed = checkpoint_blocks(model) if self.checkpointing else []
+        if native:
+            self.checkpointed = ["model.use_checkpoint"]
+        else:
+            self.checkpointed = checkpoint_blocks(model) if self.checkpointing else []
         self._finish(model)
         self.loss_fn = build_loss(self.cfg.loss).to(self.device)
         self.patch_size = int(getattr(model, "patch_size", self.cfg.model.patch_size))

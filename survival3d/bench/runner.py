@@ -1,8 +1,9 @@
 """Time training and inference of benchmark contenders and compare them: the engine behind ``run.py bench``.
 
-For each model, size and batch: build the model, time inference (forward + heatmap, under
-``torch.inference_mode``), then training steps (zero-grad, forward, loss, backward, AdamW step; fused AdamW on
-CUDA, no host synchronisation inside the step), each after warm-up, with the median over the timed steps.
+For each model, size and batch: build the model, time inference (forward + heatmap under ``torch.no_grad``; not
+``inference_mode``, whose tensors a model may cache, e.g. window index tables, and then fail to save for backward
+in the training steps), then training steps (zero-grad, forward, loss, backward, AdamW step; fused AdamW on CUDA,
+no host synchronisation inside the step), each after warm-up, with the median over the timed steps.
 FLOPs of one inference pass and of one training forward + backward are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` on the eager module; achieved TFLOP/s = FLOPs / median step time.
 An out-of-memory error in one model/size/mode is recorded as ``status = "oom"`` and the benchmark goes on; any
@@ -121,7 +122,7 @@ def _measure_infer(c: BenchContender, inputs, *, steps, warmup, amp, flops) -> d
     rec: dict[str, Any] = {"compiled": c.net is not c.module}
 
     def step():
-        with torch.inference_mode(), autocast(dev, amp):
+        with torch.no_grad(), autocast(dev, amp):
             return c.infer(inputs)
 
     with PeakMemory(dev) as mem:

@@ -158,3 +158,20 @@ def test_evaluate_goals_thresholds():
     assert g["train_speed_ratio_main"]["pass"] is False and g["train_mem_ratio_main"]["pass"] is False
     assert g["huge_train_mem_gib"]["pass"] is False
     assert evaluate_goals({"plan": {"main_size": 128}})["train_speed_ratio_main"]["pass"] is None
+
+
+def test_contender_checkpointing_flag_keeps_gradients(survival_builders, rng):
+    seed = int(rng.integers(2**31))
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(seed)  # same initial weights for both builds
+        c = BENCH_MODELS.get("survival3d")(size=16, batch=2, device=torch.device("cpu"), checkpointing=checkpointing)
+        assert bool(c.describe()["checkpointed"]) == checkpointing
+        c.module.train()
+        if not grads:
+            inputs = c.make_inputs()
+        c.loss(inputs).backward()
+        grads.append({n: p.grad for n, p in c.module.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6, msg=n)
