@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from survival3d.registry import Registry
 
@@ -66,7 +67,7 @@ def checkpoint_blocks(model: nn.Module) -> list[str]:
         def forward(*args, _original=original, **kwargs):
             if not torch.is_grad_enabled():
                 return _original(*args, **kwargs)
-            return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
+            return checkpoint(_original, *args, use_reentrant=False, **kwargs)
 
         block.forward = functools.update_wrapper(forward, original)
         wrapped.append(f"{name}.{i}")

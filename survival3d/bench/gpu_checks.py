@@ -14,8 +14,9 @@ rewritten after every check, so a run cut short keeps what it measured):
    or needs more than ``--mem-budget-gib`` without), MONAI at batch 1 and 2.
 4. ``compile_equality``: compiled vs eager outputs, loss and gradients at 128³ (tolerances in
    :data:`survival3d.bench.checks.TOLERANCES`).
-5. ``sdpa``: the attention kernels a training step of the project model dispatches (profiler), and whether it
-   runs with SDPA restricted to FLASH only, EFFICIENT only, and FLASH+EFFICIENT.
+5. ``sdpa``: the attention kernels a training step of the project model dispatches (profiler; ``math`` means
+   PyTorch fell back to the unfused kernel), and whether it runs with SDPA restricted to FLASH only, EFFICIENT
+   only, FLASH+EFFICIENT, and MATH (a control).
 6. ``largest_size``: the project model's training step at growing sizes (batch 2, checkpointing) until the
    first failure, recording whether it was out-of-memory or an SDPA/kernel error.
 7. ``goals``: the issue's targets evaluated on the numbers above.
@@ -114,6 +115,9 @@ def evaluate_goals(results: dict[str, Any], mem_budget_gib: float = 40.0) -> dic
         else None
     )
     goal("huge_speed_ratio_vs_monai_b1", h_ratio, ">= 4", h_ratio is not None and h_ratio >= 4)
+    fused = (results.get("sdpa") or {}).get("fused_in_training")
+    goals["sdpa_fused_in_training"] = {"value": fused, "target": "no math-kernel SDPA in a training step",
+                                       "pass": fused}
     return goals
 
 
@@ -161,8 +165,10 @@ def format_report(results: dict[str, Any]) -> str:
     if sd and "default" in sd:
         lines += ["## sdpa (training step)", "", "| allowed kernels | runs | backends used (fwd+bwd) |", "|---|---|---|"]
         for label, v in sd.items():
+            if not isinstance(v, dict):
+                continue
             lines.append(f"| {label} | {v.get('ok')} | {', '.join(v.get('backends', [])) or v.get('error', '')} |")
-        lines.append("")
+        lines += ["", f"Fused SDPA kernels (no math fallback) in the default training step: {sd.get('fused_in_training')}", ""]
     ls = results.get("largest_size")
     if ls and "attempts" in ls:
         lines += ["## largest_size (project model, train step)", ""]
@@ -354,8 +360,11 @@ def run_checks(
                 "FLASH": ["FLASH_ATTENTION"],
                 "EFFICIENT": ["EFFICIENT_ATTENTION"],
                 "FLASH+EFFICIENT": ["FLASH_ATTENTION", "EFFICIENT_ATTENTION"],
+                "MATH": ["MATH"],
             }
             result.update(sdpa_backend_support(c, restricted, amp=amp, inputs=inputs))
+            used = result["default"]["backends"]
+            result["fused_in_training"] = bool(used) and "math" not in used
             return result
         finally:
             del c

@@ -8,8 +8,9 @@ with ``time.perf_counter``.
 Peak memory on CUDA is ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (everything the
 caching allocator handed out: weights, gradients, optimiser state, activations). On CPU there is no allocator
 statistic, so the peak resident-set-size *increase* over the measured phase is read from ``/proc/self/status``
-(``VmHWM`` after resetting it through ``/proc/self/clear_refs``); where that is not possible (not Linux, no
-permission) the peak is ``None`` and shown as "n/a".
+(``VmHWM`` after returning freed heap to the OS with ``malloc_trim`` and resetting the peak through
+``/proc/self/clear_refs``); memory an allocator still holds from earlier work can be reused without showing, so
+on CPU this is a lower bound. Where it is not possible (not Linux, no permission) the peak is ``None`` ("n/a").
 """
 
 from __future__ import annotations
@@ -133,7 +134,24 @@ def _proc_kib(field: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _release_free_heap() -> None:
+    """Hand memory freed by earlier work back to the OS (glibc ``malloc_trim``), so that a new peak shows in RSS."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _reset_rss_peak() -> bool:
+    _release_free_heap()
     try:
         _PROC_CLEAR_REFS.write_text("5")  # "5" resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
     except OSError:

@@ -36,14 +36,21 @@ def test_gpu_checks_tiny_on_cpu_writes_its_files(survival_builders, tmp_path):
     assert eq["ok"] and eq["precision"] == "fp32" and eq["grads"]["ok"] and eq["loss"]["ok"]
 
     sdpa = results["sdpa"]
-    assert sdpa["default"]["ok"] and sdpa["default"]["backends"]  # the model does call SDPA, with grad
-    assert sdpa["default"]["backward_backends"]
-    assert sdpa["FLASH"]["ok"] and sdpa["FLASH"]["backends"] == ["flash_cpu"]  # CPU has a fused flash kernel
-    assert not sdpa["EFFICIENT"]["ok"] and "No" in sdpa["EFFICIENT"]["error"]  # ... but no efficient one
+    assert sdpa["default"]["ok"] and sdpa["default"]["backends"]  # the model does call SDPA in a training step
+    assert sdpa["fused_in_training"] == ("math" not in sdpa["default"]["backends"])
+    assert sdpa["MATH"]["ok"] and sdpa["MATH"]["backends"] == ["math"]  # the restriction is really applied
+    allowed = {"FLASH": {"flash", "flash_cpu"}, "EFFICIENT": {"efficient"}, "FLASH+EFFICIENT": {"flash", "flash_cpu", "efficient"}}
+    for label, kernels in allowed.items():
+        if sdpa[label]["ok"]:
+            assert set(sdpa[label]["backends"]) <= kernels, (label, sdpa[label])
+        else:
+            assert sdpa[label]["error"], label
+    assert not sdpa["EFFICIENT"]["ok"]  # CPU builds have no memory-efficient kernel
 
     sweep = results["largest_size"]
     assert sweep["largest_ok"] == results["plan"]["sweep_sizes"][-1] and sweep["first_failure"] is None
     assert set(results["goals"]) >= {"train_speed_ratio_main", "train_mem_ratio_main", "huge_train_mem_gib"}
+    assert results["goals"]["sdpa_fused_in_training"]["pass"] == sdpa["fused_in_training"]
 
     md = (out / "gpu_checks.md").read_text()
     for heading in ("## bench_eager", "## bench_compiled", "## bench_large", "## bench_huge", "## compile_equality",
