@@ -85,6 +85,7 @@ def compare_compiled(
     precision = _precision(dev, amp)
     rtol, atol_rel = TOLERANCES[precision]
     inputs = dict(inputs) if inputs is not None else contender.make_inputs()
+    torch._dynamo.reset()  # fresh compile, not graphs cached for other sizes
     eager, compiled = contender.module, torch.compile(contender.module, backend=backend)
     result: dict[str, Any] = {"precision": precision, "backend": backend, "tolerance": {"rtol": rtol, "atol_rel": atol_rel}}
 

@@ -205,10 +205,13 @@ def _previous_results(path: Path, current: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         log.warning("ignoring unreadable earlier results %s: %s", path, e)
         return {}
+    def as_json(x):  # tuples become lists in the file
+        return json.loads(json.dumps(x, default=str))
+
     same = (
         prev.get("environment", {}).get("device_name") == current["environment"]["device_name"]
-        and prev.get("plan") == current["plan"]
-        and prev.get("settings") == current["settings"]
+        and prev.get("plan") == as_json(current["plan"])
+        and prev.get("settings") == as_json(current["settings"])
     )
     if not same:
         log.warning("not reusing %s: made on another device or with other settings.", path)

@@ -88,6 +88,9 @@ def _make_optimizer(module: torch.nn.Module, device: torch.device) -> torch.opti
 
 
 def _compile(contender: BenchContender, backend: str) -> None:
+    """Compile from a clean slate: dynamo caches graphs per code object, so models of the same class at earlier
+    sizes would otherwise count towards its recompile limit (past which it silently runs eager)."""
+    torch._dynamo.reset()
     contender.net = torch.compile(contender.module, backend=backend)
 
 

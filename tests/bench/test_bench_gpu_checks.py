@@ -63,3 +63,16 @@ def test_gpu_checks_rejects_unknown_check(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "x"), "--device", "cpu", "--only", "bench_eager,sdpq"]) == 2
     assert "sdpq" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_gpu_checks_split_over_calls_keeps_earlier_results(survival_builders, tmp_path):
+    out = tmp_path / "gc"
+    common = ["--out", str(out), "--device", "cpu", "--tiny", "--no-progress"]
+    assert main([*common, "--only", "largest_size"]) == 0
+    first = json.loads((out / "gpu_checks.json").read_text())
+    assert main([*common, "--only", "sdpa"]) == 0
+    both = json.loads((out / "gpu_checks.json").read_text())
+    assert both["largest_size"] == first["largest_size"] and both["sdpa"]["default"]["ok"]
+    assert "## largest_size" in (out / "gpu_checks.md").read_text()
+    assert main([*common, "--only", "sdpa", "--fresh"]) == 0
+    assert "largest_size" not in json.loads((out / "gpu_checks.json").read_text())
