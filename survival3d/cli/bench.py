@@ -56,8 +56,8 @@ def _name_list(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``run.py bench`` and the GPU-check script."""
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where and how the models run: device, precision, compilation, memory format, the project's config."""
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 on CUDA instead of bf16 autocast")
@@ -93,7 +93,7 @@ class BenchCommand:
         parser.add_argument("--json", default=None, help="write the full report here (JSON)")
         parser.add_argument("--markdown", default=None, help="also write the tables here (markdown)")
         parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-        add_bench_arguments(parser)
+        _add_run_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from survival3d.bench.contenders import BENCH_MODELS
