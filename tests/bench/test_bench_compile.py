@@ -24,7 +24,7 @@ def _inductor_available() -> bool:
 
 
 @pytest.mark.skipif(not _inductor_available(), reason="inductor's CPU backend needs a C++ compiler (gcc/clang)")
-@pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_compiled_model_matches_eager_on_cpu(survival_builders):
     c = BENCH_MODELS.get("survival3d")(size=16, batch=2, device=torch.device("cpu"), overrides=TINY_MODEL)
     result = compare_compiled(c, amp=False, backend="inductor")

@@ -9,7 +9,7 @@ import pytest
 from survival3d.bench.gpu_checks import CHECKS, main
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_gpu_checks_tiny_on_cpu_writes_its_files(survival_builders, tmp_path):
     out = tmp_path / "gc"
     rc = main(["--out", str(out), "--device", "cpu", "--tiny", "--compile-backend", "eager", "--no-progress"])
