@@ -8,23 +8,25 @@ rewritten after every check, so a run cut short keeps what it measured):
 
 1. ``bench_eager`` / ``bench_compiled``: both models at 128³, batch 2, bf16 autocast, eager then
    ``torch.compile``d (training and inference).
-2. ``bench_large``: 160³ and 192³ at batch 2, each model in whichever mode (eager/compiled) was faster at 128³
+2. ``channels_last``: the project model at 128³ × 2, eager, with ``channels_last_3d`` (compare with 1.).
+3. ``bench_large``: 160³ and 192³ at batch 2, each model in whichever mode (eager/compiled) was faster at 128³
    (eager in ``--tiny``).
-3. ``bench_huge``: 256³: the project model at batch 4 (with activation checkpointing when it runs out of memory
+4. ``bench_huge``: 256³: the project model at batch 4 (with activation checkpointing when it runs out of memory
    or needs more than ``--mem-budget-gib`` without), MONAI at batch 1 and 2.
-4. ``compile_equality``: compiled vs eager outputs, loss and gradients at 128³ (tolerances in
+5. ``compile_equality``: compiled vs eager outputs, loss and gradients at 128³ (tolerances in
    :data:`survival3d.bench.checks.TOLERANCES`).
-5. ``sdpa``: the attention kernels a training step of the project model dispatches (profiler; ``math`` means
+6. ``sdpa``: the attention kernels a training step of the project model dispatches (profiler; ``math`` means
    PyTorch fell back to the unfused kernel), and whether it runs with SDPA restricted to FLASH only, EFFICIENT
    only, FLASH+EFFICIENT, and MATH (a control).
-6. ``largest_size``: the project model's training step at growing sizes (batch 2, checkpointing) until the
+7. ``largest_size``: the project model's training step at growing sizes (batch 2, checkpointing) until the
    first failure, recording whether it was out-of-memory or an SDPA/kernel error.
-7. ``goals``: the issue's targets evaluated on the numbers above.
+8. ``goals``: the issue's targets evaluated on the numbers above.
 
 Outputs in ``--out``: ``gpu_checks.json`` (everything) and ``gpu_checks.md`` (tables). ``--only`` runs a subset;
 results of other checks from an earlier run into the same ``--out`` (same device and settings) are kept, so the
 checks can be split over several shorter calls (``--fresh`` starts over).
-``--tiny`` shrinks every size (and MONAI's widths) so the whole script runs on a CPU in about a minute.
+``--tiny`` shrinks every size (and MONAI's widths and depths) so the whole script runs on a CPU (about a minute of
+CPU time) to rehearse the plumbing; its numbers are not benchmarks.
 """
 
 from __future__ import annotations
@@ -42,7 +44,16 @@ __all__ = ["Plan", "main", "run_checks", "evaluate_goals", "format_report"]
 
 log = logging.getLogger("survival3d.bench.gpu_checks")
 
-CHECKS = ("bench_eager", "bench_compiled", "bench_large", "bench_huge", "compile_equality", "sdpa", "largest_size")
+CHECKS = (
+    "bench_eager",
+    "bench_compiled",
+    "channels_last",
+    "bench_large",
+    "bench_huge",
+    "compile_equality",
+    "sdpa",
+    "largest_size",
+)
 
 GIB = 2**30
 
@@ -141,7 +152,7 @@ def format_report(results: dict[str, Any]) -> str:
         f"MONAI {env.get('monai', '?')}, {env.get('date', '?')}" + (" — TINY rehearsal, not a benchmark" if results.get("plan", {}).get("tiny") else ""),
         "",
     ]
-    for name in ("bench_eager", "bench_compiled", "bench_large"):
+    for name in ("bench_eager", "bench_compiled", "channels_last", "bench_large"):
         rep = results.get(name)
         if rep and "results" in rep:
             lines += [f"## {name}", "", format_markdown(rep), ""]
@@ -293,6 +304,12 @@ def run_checks(
             [plan.main_size], plan.main_batch, device=device, options=options, compile=True, progress=progress, **common
         )
 
+    def check_channels_last():
+        return run_bench(
+            [plan.main_size], plan.main_batch, device=device, models=[PROJECT], options=options,
+            channels_last=True, progress=progress, **common,
+        )
+
     def check_bench_large():
         report = None
         for model in (PROJECT, BASELINE):
@@ -392,6 +409,7 @@ def run_checks(
     steps: dict[str, Callable[[], Any]] = {
         "bench_eager": check_bench_eager,
         "bench_compiled": check_bench_compiled,
+        "channels_last": check_channels_last,
         "bench_large": check_bench_large,
         "bench_huge": check_bench_huge,
         "compile_equality": check_compile_equality,

@@ -27,6 +27,8 @@ def test_gpu_checks_tiny_on_cpu_writes_its_files(survival_builders, tmp_path):
     compiled = results["bench_compiled"]["results"][0]["models"]["survival3d"]
     assert compiled["infer"]["compiled"] and compiled["train"]["compiled"]
     assert [e["size"] for e in results["bench_large"]["results"]] == results["plan"]["large_sizes"]
+    cl = results["channels_last"]
+    assert cl["settings"]["channels_last"] is True and cl["results"][0]["models"]["survival3d"]["status"] == "ok"
 
     huge = results["bench_huge"]
     assert huge["project"]["batch"] == results["plan"]["huge_batch"] and huge["project"]["status"] == "ok"
@@ -53,7 +55,7 @@ def test_gpu_checks_tiny_on_cpu_writes_its_files(survival_builders, tmp_path):
     assert results["goals"]["sdpa_fused_in_training"]["pass"] == sdpa["fused_in_training"]
 
     md = (out / "gpu_checks.md").read_text()
-    for heading in ("## bench_eager", "## bench_compiled", "## bench_large", "## bench_huge", "## compile_equality",
+    for heading in ("## bench_eager", "## bench_compiled", "## channels_last", "## bench_large", "## bench_huge", "## compile_equality",
                     "## sdpa", "## largest_size", "## goals", "TINY rehearsal"):
         assert heading in md, heading
     assert not list(out.glob(".*.tmp"))
