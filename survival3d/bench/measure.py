@@ -16,11 +16,10 @@ on CPU this is a lower bound. Where it is not possible (not Linux, no permission
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +34,9 @@ __all__ = [
     "PeakMemory",
     "count_flops",
     "autocast",
+    "median",
 ]
 
-log = logging.getLogger(__name__)
 
 _OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
@@ -217,10 +216,3 @@ def count_flops(fn: Callable[[], object]) -> int:
     with FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_flop_mapping()) as counter:
         fn()
     return int(counter.get_total_flops())
-
-
-@contextlib.contextmanager
-def log_duration(what: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    yield
-    log.info("%s took %.1f s", what, time.perf_counter() - t0)
