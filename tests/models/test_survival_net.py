@@ -126,3 +126,14 @@ def test_bf16_autocast_keeps_head_in_fp32():
     torch.testing.assert_close(out.p.flatten(1).sum(1), torch.ones(2))
     out.pred.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_training_after_inference_mode_forward():
+    """Index tables cached during an inference_mode forward must not break a later backward pass."""
+    model = build_model(_cfg("model.patch_size=4"))
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        model(x)
+    out = model(x)
+    out.pred.sum().backward()
+    assert model.head.loc_bias.grad is not None

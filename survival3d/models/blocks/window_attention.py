@@ -160,11 +160,14 @@ class WindowAttention3D(nn.Module):
         key = (tuple(window), str(device))
         idx = self._index_cache.get(key)
         if idx is None:
-            coords = torch.stack(torch.meshgrid(*[torch.arange(w, device=device) for w in window], indexing="ij"))
-            coords = coords.flatten(1)  # (3, N)
-            rel = coords[:, :, None] - coords[:, None, :]  # (3, N, N), each in [-(w-1), w-1]
-            Wd, Wh, Ww = self.window_size
-            idx = (rel[0] + Wd - 1) * (2 * Wh - 1) * (2 * Ww - 1) + (rel[1] + Wh - 1) * (2 * Ww - 1) + (rel[2] + Ww - 1)
+            # a cached table must be a normal tensor even when first built under torch.inference_mode, or later
+            # training steps fail to save it for backward
+            with torch.inference_mode(False):
+                coords = torch.stack(torch.meshgrid(*[torch.arange(w, device=device) for w in window], indexing="ij"))
+                coords = coords.flatten(1)  # (3, N)
+                rel = coords[:, :, None] - coords[:, None, :]  # (3, N, N), each in [-(w-1), w-1]
+                Wd, Wh, Ww = self.window_size
+                idx = (rel[0] + Wd - 1) * (2 * Wh - 1) * (2 * Ww - 1) + (rel[1] + Wh - 1) * (2 * Ww - 1) + (rel[2] + Ww - 1)
             self._index_cache[key] = idx
         return idx
 
