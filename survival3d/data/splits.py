@@ -1,0 +1,104 @@
+"""Patient-level train/validation splits, stratified by the event indicator.
+
+All scans of one patient (``groups``; by default every id is its own patient) land on the same side of a split, so
+no patient is seen in training and validation at once. Strata are the patients' event status (a patient counts
+as an event if any of their scans is), so censoring rates match between sides. Splits are seeded and therefore
+reproducible; the ids are saved with every run (``splits.json`` and the checkpoints).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["train_val_split", "kfold_splits"]
+
+
+def _patients(ids: Sequence[str], events: Sequence[int], groups: Sequence[str] | None):
+    ids = [str(i) for i in ids]
+    if len(set(ids)) != len(ids):
+        raise ValueError("case ids must be unique to split them.")
+    if len(events) != len(ids) or (groups is not None and len(groups) != len(ids)):
+        raise ValueError(f"ids ({len(ids)}), events ({len(events)}) and groups must have the same length.")
+    groups = ids if groups is None else [str(g) for g in groups]
+    members: dict[str, list[str]] = {}
+    status: dict[str, int] = {}
+    for i, e, g in zip(ids, events, groups):
+        members.setdefault(g, []).append(i)
+        status[g] = max(status.get(g, 0), int(e))
+    return members, status
+
+
+def _strata(status: dict[str, int], stratify: bool, rng: np.random.Generator) -> list[list[str]]:
+    keys = sorted(status)
+    strata = [[g for g in keys if status[g] == s] for s in (0, 1)] if stratify else [keys]
+    return [list(rng.permutation(s)) for s in strata if s]
+
+
+def train_val_split(
+    ids: Sequence[str],
+    events: Sequence[int],
+    *,
+    val_frac: float,
+    seed: int = 0,
+    groups: Sequence[str] | None = None,
+    stratify: bool = True,
+) -> tuple[list[str], list[str]]:
+    """Split case ids into (train, val) at the patient level.
+
+    Each event stratum contributes ``round(val_frac * n_patients_in_stratum)`` patients to validation (at least one
+    when the stratum has two or more patients), so both sides keep the censoring rate.
+    """
+    if not 0.0 < val_frac < 1.0:
+        raise ValueError(f"val_frac must be in (0, 1), got {val_frac}.")
+    members, status = _patients(ids, events, groups)
+    if len(members) < 2:
+        raise ValueError(f"need at least 2 patients to split, got {len(members)}.")
+    rng = np.random.default_rng(seed)
+    val_groups: set[str] = set()
+    for stratum in _strata(status, stratify, rng):
+        k = int(round(val_frac * len(stratum)))
+        if len(stratum) >= 2:
+            k = min(max(k, 1), len(stratum) - 1)
+        val_groups.update(stratum[:k])
+    order = {i: n for n, i in enumerate(str(i) for i in ids)}
+    val = sorted((i for g in val_groups for i in members[g]), key=order.get)
+    train = sorted((i for g in members if g not in val_groups for i in members[g]), key=order.get)
+    return train, val
+
+
+def kfold_splits(
+    ids: Sequence[str],
+    events: Sequence[int],
+    *,
+    folds: int,
+    seed: int = 0,
+    groups: Sequence[str] | None = None,
+    stratify: bool = True,
+) -> list[tuple[list[str], list[str]]]:
+    """``folds`` (train, val) pairs whose validation sides are disjoint and together cover every case.
+
+    Patients of each event stratum are shuffled and dealt round-robin onto the folds (the deal continues across
+    strata, so fold sizes differ by at most one patient).
+    """
+    if folds < 2:
+        raise ValueError(f"k-fold needs folds >= 2, got {folds}.")
+    members, status = _patients(ids, events, groups)
+    if len(members) < folds:
+        raise ValueError(f"cannot make {folds} folds from {len(members)} patients.")
+    rng = np.random.default_rng(seed)
+    assign: dict[str, int] = {}
+    n = 0
+    for stratum in _strata(status, stratify, rng):
+        for g in stratum:
+            assign[g] = n % folds
+            n += 1
+    order = [str(i) for i in ids]
+    group_of = {i: g for g, ms in members.items() for i in ms}
+    out = []
+    for k in range(folds):
+        val = [i for i in order if assign[group_of[i]] == k]
+        train = [i for i in order if assign[group_of[i]] != k]
+        out.append((train, val))
+    return out
