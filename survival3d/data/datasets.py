@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
+from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset, get_track_meta, set_track_meta
 
 from survival3d.data.covariates import CovariateEncoder
 from survival3d.data.transforms import MASK_KEYS, deterministic_transforms, random_transforms
@@ -212,9 +212,17 @@ class SurvivalDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = dict(self.base[index])
         if self.augment is not None:
+            # plain tensors: MONAI's metadata tracking costs more than the flips themselves, and an augmented
+            # volume's affine is never used (heatmaps come from unaugmented validation cases)
+            item = {k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in item.items()}
             with self._lock:
-                self.augment.set_random_state(seed=_seed(self.seed, self.epoch, index))
-                item = self.augment(item)
+                tracking = get_track_meta()
+                set_track_meta(False)
+                try:
+                    self.augment.set_random_state(seed=_seed(self.seed, self.epoch, index))
+                    item = self.augment(item)
+                finally:
+                    set_track_meta(tracking)
         rec = self.records[index]
         out = {k: item[k] for k in ("image", *MASK_KEYS) if k in item}
         out["id"] = str(rec["id"])
@@ -256,6 +264,7 @@ def build_dataset(cases: Cases, ids: Sequence[str], encoder: CovariateEncoder, d
         augment = random_transforms(
             mask_keys=cases.mask_keys, flip_prob=data_cfg.flip_prob, affine_prob=data_cfg.affine_prob,
             rotate_deg=data_cfg.rotate_deg, scale=data_cfg.scale_range, translate=data_cfg.translate,
+            spatial_size=list(data_cfg.image_size) if data_cfg.spatial is not None else None,
         )
     return SurvivalDataset(base, records, encoder, augment=augment, seed=seed, source=cases.source)
 

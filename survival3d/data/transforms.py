@@ -95,6 +95,7 @@ def random_transforms(
     rotate_deg: float = 10.0,
     scale: float = 0.05,
     translate: float = 0.0,
+    spatial_size: Sequence[int] | None = None,
 ) -> Compose:
     """Training augmentation; spatial parameters are shared by the image and its masks.
 
@@ -104,6 +105,7 @@ def random_transforms(
         rotate_deg: maximal rotation about each axis, degrees.
         scale: maximal relative zoom (±).
         translate: maximal shift in voxels (±) along each axis.
+        spatial_size: the (fixed) volume size, which lets the affine cache its sampling grid.
     """
     for name, p in (("flip_prob", flip_prob), ("affine_prob", affine_prob)):
         if not 0.0 <= p <= 1.0:
@@ -121,6 +123,8 @@ def random_transforms(
                 translate_range=(translate, translate, translate),
                 mode=["bilinear", *["nearest"] * len(mask_keys)],
                 padding_mode="zeros",
+                spatial_size=None if spatial_size is None else [int(s) for s in spatial_size],
+                cache_grid=spatial_size is not None,
             )
         )
     return Compose(chain)

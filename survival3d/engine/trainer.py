@@ -299,7 +299,7 @@ class Trainer:
         if not path.is_file():
             return
         with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < self.epoch]
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= self.epoch]
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=METRICS_COLUMNS)
             w.writeheader()
