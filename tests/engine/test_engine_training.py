@@ -1,5 +1,8 @@
 import csv
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -10,7 +13,7 @@ import torch
 from lifelines.utils import concordance_index
 
 import engine_standins as standins
-from survival3d.config import ExperimentConfig, load_config
+from survival3d.config import ExperimentConfig, load_config, save_config
 from survival3d.engine.checkpoint import load_checkpoint, load_trained
 from survival3d.engine.components import Components
 from survival3d.data.datasets import load_cases
@@ -63,25 +66,33 @@ def test_run_outputs_and_c_index_recomputed_from_predictions(tiny_cfg, component
     assert not tm.model.training
 
 
-class _Crash(Exception):
-    pass
+_KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {testdir!r})
+import engine_standins as standins
+from survival3d.config import ExperimentConfig, load_config, save_config
+from survival3d.engine.experiment import run_experiment
 
 
-class _CrashAt:
-    def __init__(self, epoch, step):
-        self.at = (epoch, step)
-
+class KillMidEpoch:
     def on_step_end(self, trainer, epoch, step):
-        if (epoch, step) == self.at:
-            raise _Crash(f"injected crash at epoch {epoch} step {step}")
+        if (epoch, step) == (1, 1):  # second epoch, second step: no checkpoint covers it
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_resume_after_crash_reproduces_uninterrupted_run(tiny_cfg, components):
-    whole = tiny_cfg("train.epochs=3", name="whole")
+run_experiment(load_config({config!r}, schema=ExperimentConfig), components=standins.components(),
+               callbacks=[KillMidEpoch()])
+"""
+
+
+def test_resume_after_sigkill_reproduces_uninterrupted_run(tiny_cfg, components, tmp_path):
+    whole = tiny_cfg(name="whole")
     run_experiment(whole, components=components)
-    broken = tiny_cfg("train.epochs=3", name="broken")
-    with pytest.raises(_Crash):
-        run_experiment(broken, components=components, callbacks=[_CrashAt(1, 2)])  # mid-way through epoch 2
+    broken = tiny_cfg(name="broken")
+    save_config(broken, tmp_path / "broken.yaml")
+    script = _KILL_SCRIPT.format(testdir=str(Path(__file__).parent), config=str(tmp_path / "broken.yaml"))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     bdir = Path(broken.out_dir) / broken.name
     assert load_checkpoint(bdir / "checkpoints/last.pt")["epoch"] == 1
     assert not (bdir / "final_metrics.json").exists()
@@ -90,7 +101,7 @@ def test_resume_after_crash_reproduces_uninterrupted_run(tiny_cfg, components):
     run_experiment(broken, resume=True, components=components)
     wdir = Path(whole.out_dir) / whole.name
     a, b = _rows(wdir / "metrics.csv"), _rows(bdir / "metrics.csv")
-    assert len(a) == len(b) == 3
+    assert len(a) == len(b) == 2
     for ra, rb in zip(a, b):
         for k in ("step", "lr", "train_loss", "val_loss", "c_index", "mae_uncensored", "mae_censored"):
             assert float(ra[k] or "nan") == pytest.approx(float(rb[k] or "nan"), rel=1e-6, abs=1e-9, nan_ok=True), k
