@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 #: The job ``python run.py train`` runs without arguments: small in-memory dummy1, a few minutes on 2 CPU cores.
 DEFAULT_JOB = {
     "name": "default",
-    "data": {"source": "dummy", "dummy": {"level": 1, "n": 96, "size": 32}, "image_size": [32, 32, 32], "batch_size": 8},
+    "data": {"source": "dummy", "dummy": {"level": 1, "n": 96, "size": 32}, "image_size": [32, 32, 32], "batch_size": 8,
+             "affine_prob": 0.2},
+    "model": {"patch_size": 4, "window_size": 4},
+    "optim": {"lr": 1e-3},
     "train": {"epochs": 12, "overwrite": True},
 }
 
@@ -54,6 +57,8 @@ class TrainCommand:
     def run(self, args) -> int:
         from survival3d.config import ExperimentConfig, load_config
 
+        if int(os.environ.get("RANK", "0")) != 0:  # torchrun: progress and results come from rank 0 only
+            logging.getLogger().setLevel(logging.WARNING)
         if args.resume:
             run_dir = Path(args.resume)
             if not (run_dir / "config.yaml").is_file():
