@@ -33,7 +33,7 @@ DEFAULT_JOB = {
              "affine_prob": 0.2},
     "model": {"patch_size": 4, "window_size": 4},
     "optim": {"lr": 1e-3},
-    "train": {"epochs": 12, "overwrite": True},
+    "train": {"epochs": 10, "overwrite": True},
 }
 
 

@@ -145,7 +145,7 @@ class TrainConfig:
     early_stop_mode: str = "max"
     patience: int = 0  # 0 = no early stopping (counted in validations)
     val_every: int = 1
-    final: str = "best"  # checkpoint whose validation predictions go to final_metrics.json: best | last
+    final: str = "last"  # model whose validation predictions go to final_metrics.json: last | best (chosen on validation: optimistic)
     heatmap: bool = True  # write the softmin p of a validation case with a lesion (PNG + NIfTI)
     ddp_find_unused: bool = False  # DistributedDataParallel(find_unused_parameters=...)
     overwrite: bool = False  # replace an existing runs/<name> (otherwise: error unless --resume)

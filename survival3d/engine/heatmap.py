@@ -56,23 +56,29 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.asarray(affine, dtype=np.float64)), str(path))
 
 
-def _png(image: np.ndarray, pmap: np.ndarray, mask: np.ndarray | None, centre, title: str, path: Path) -> None:
+def _png(image: np.ndarray, pmap: np.ndarray, mask: np.ndarray | None, centres: dict, title: str, path: Path) -> None:
+    """One row of three orthogonal slices per entry of ``centres`` (e.g. through the lesion and through p's peak)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    rows = len(centres)
+    fig, axes = plt.subplots(rows, 3, figsize=(12, 4.2 * rows), squeeze=False)
     vmax = float(pmap.max()) or 1.0
-    for ax, axis, name in zip(axes, range(3), ("axis 0", "axis 1", "axis 2")):
-        sl = [slice(None)] * 3
-        sl[axis] = int(centre[axis])
-        ax.imshow(image[tuple(sl)].T, cmap="gray", origin="lower", vmin=0, vmax=1)
-        im = ax.imshow(pmap[tuple(sl)].T, cmap="inferno", origin="lower", alpha=0.5, vmin=0, vmax=vmax)
-        if mask is not None and mask[tuple(sl)].any():
-            ax.contour(mask[tuple(sl)].T, levels=[0.5], colors="cyan", linewidths=1.0, origin="lower")
-        ax.set_title(f"{name} = {int(centre[axis])}")
-        ax.axis("off")
+    shown = np.ma.masked_where(pmap < 1e-3 * vmax, pmap)  # no colour where p is ~0: the scan stays readable
+    for r, (label, centre) in enumerate(centres.items()):
+        for axis in range(3):
+            ax = axes[r, axis]
+            sl = [slice(None)] * 3
+            sl[axis] = int(centre[axis])
+            sl = tuple(sl)
+            ax.imshow(image[sl].T, cmap="gray", origin="lower", vmin=0, vmax=1)
+            im = ax.imshow(shown[sl].T, cmap="inferno", origin="lower", alpha=0.55, vmin=0, vmax=vmax)
+            if mask is not None and mask[sl].any():
+                ax.contour(mask[sl].T.astype(float), levels=[0.5], colors="cyan", linewidths=1.0)
+            ax.set_title(f"{label}: axis {axis} = {int(centre[axis])}", fontsize=9)
+            ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.8, label="softmin p (per cubelet)")
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
@@ -103,7 +109,8 @@ def write_heatmap(model: torch.nn.Module, dataset, out_dir: str | Path, device: 
     pad = (0, grid[2] * ps[2] - shape[2], 0, grid[1] * ps[1] - shape[1], 0, grid[0] * ps[0] - shape[0])
     touching = F.max_pool3d(F.pad(batch["mask"].float(), pad), ps)  # cubelets that hold any lesion voxel
     p_on_lesion = float((out.p.float() * (touching > 0)).sum())
-    centre = np.round(np.argwhere(mask).mean(axis=0)).astype(int)
+    centres = {"lesion centre": np.round(np.argwhere(mask).mean(axis=0)).astype(int),
+               "p peak": np.array(np.unravel_index(int(np.argmax(pvox)), pvox.shape))}
     affine = batch["affine"][0].cpu().numpy()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,8 +119,8 @@ def write_heatmap(model: torch.nn.Module, dataset, out_dir: str | Path, device: 
     _save_nifti(pvox, affine, paths["nifti"])
     _save_nifti(image, affine, paths["image"])
     pred, t, e = float(out.pred[0]), float(batch["time"][0]), int(batch["event"][0])
-    _png(image, pvox, mask, centre, f"{cid}: time {t:.1f} ({'event' if e else 'censored'}), predicted {pred:.1f}, "
-         f"p on lesion {p_on_lesion:.2f}", paths["png"])
+    _png(image, pvox, mask, centres, f"{cid}: time {t:.1f} ({'event' if e else 'censored'}), predicted {pred:.1f}, "
+         f"p on lesion {p_on_lesion:.2f} (cyan: true lesion)", paths["png"])
     info = {"id": cid, "p_on_lesion": p_on_lesion, "lesion_cubelet_frac": float((touching > 0).float().mean()),
             "pred_time": pred, "time": t, "event": e, **{k: str(v) for k, v in paths.items()}}
     (out_dir / "heatmap.json").write_text(json.dumps(info, indent=2))
