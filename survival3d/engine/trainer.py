@@ -277,6 +277,7 @@ class Trainer:
         lg = self.cfg.logging
         if lg.wandb and lg.wandb_mode != "disabled":
             os.environ["WANDB_DIR"] = str(self.run_dir)
+            os.environ["WANDB_MODE"] = str(lg.wandb_mode)  # also for wandb's service process
             os.environ.setdefault("WANDB_SILENT", "true")
             try:
                 import wandb

@@ -145,7 +145,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tiny_c
 
 
 def test_kfold_writes_folds_and_aggregate(tiny_cfg, components):
-    cfg = tiny_cfg("cv.folds=3", "train.epochs=1", "train.heatmap=false")
+    cfg = tiny_cfg("cv.folds=3", "train.epochs=1", "train.heatmap=false", "data.loader=thread")  # MONAI ThreadDataLoader
     agg = run_experiment(cfg, components=components)
     run = Path(cfg.out_dir) / cfg.name
     per = [json.loads((run / f"fold{k}" / "final_metrics.json").read_text()) for k in range(3)]
