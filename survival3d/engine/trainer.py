@@ -333,7 +333,8 @@ class Trainer:
         self.train_sampler.set_epoch(epoch)
         self.task.train()
         dev = self.device
-        acc = torch.zeros(3, device=dev, dtype=torch.float64)  # loss*n, nll*n, n
+        acc = torch.zeros(2, device=dev, dtype=torch.float64)  # sum of loss*n, nll*n
+        seen = 0
         nonfinite = torch.zeros((), device=dev, dtype=torch.bool)
         n_steps = len(self.train_loader)
         bar = self._progress(range(n_steps), desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="step")
@@ -357,8 +358,8 @@ class Trainer:
             self.scheduler.step()
             self.step += 1
             n = batch["image"].shape[0]
-            acc += torch.stack([loss.detach().double() * n, losses.get("nll", loss).detach().double() * n,
-                                torch.tensor(float(n), device=dev, dtype=torch.float64)])
+            seen += n  # host-side count: no host-to-device copy per step
+            acc += torch.stack([loss.detach().double() * n, losses.get("nll", loss).detach().double() * n])
             nonfinite |= ~torch.isfinite(loss.detach())
             for cb in self.callbacks:
                 if hasattr(cb, "on_step_end"):
@@ -368,9 +369,10 @@ class Trainer:
                 if bool(flag > 0):
                     self._fail_nonfinite(epoch, i)
                 if bar is not None and hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{float(acc[0] / acc[2].clamp_min(1)):.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-        all_reduce_sum(acc, self.dist)
-        a = acc.cpu().numpy()
+                    bar.set_postfix(loss=f"{float(acc[0]) / max(seen, 1):.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        totals = torch.cat([acc, torch.tensor([float(seen)], device=dev, dtype=torch.float64)])
+        all_reduce_sum(totals, self.dist)
+        a = totals.cpu().numpy()
         epoch_time = time.perf_counter() - t_start
         return {"train_loss": float(a[0] / a[2]), "train_nll": float(a[1] / a[2]),
                 "data_wait_frac": wait / epoch_time if epoch_time > 0 else 0.0, "epoch_time_s": epoch_time}
