@@ -77,6 +77,9 @@ def _prepare_run_dir(cfg, resume: bool, info: DistInfo) -> Path:
         return run_dir
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         if cfg.train.overwrite:
+            if not (run_dir / "config.yaml").is_file():  # never delete a folder that is not a run
+                raise ConfigError(f"train.overwrite=true but {run_dir} is not a run folder (no config.yaml); "
+                                  f"refusing to delete it.")
             shutil.rmtree(run_dir)
         else:
             raise ConfigError(f"run folder {run_dir} already exists: continue it with --resume {run_dir}, "

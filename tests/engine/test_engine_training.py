@@ -163,6 +163,12 @@ def test_early_stopping_and_config_checks(tiny_cfg, components):
                    "train.early_stop_mode=min", "train.heatmap=false")
     fm = run_experiment(cfg, components=components)
     assert fm["stopped_early"] and fm["epochs"] == 2 and fm["best_epoch"] == 1  # nothing can improve at lr 0
+    other = Path(cfg.out_dir) / "not_a_run"
+    (other / "keep.txt").parent.mkdir(parents=True)
+    (other / "keep.txt").write_text("precious")
+    with pytest.raises(ConfigError, match="not a run folder.*refusing"):
+        run_experiment(tiny_cfg("train.overwrite=true", name="not_a_run"), components=components)
+    assert (other / "keep.txt").read_text() == "precious"
     with pytest.raises(ConfigError, match="early_stop_metric 'cindex'.*Did you mean 'c_index'"):
         run_experiment(tiny_cfg("train.early_stop_metric=cindex", name="x"), components=components)
 
