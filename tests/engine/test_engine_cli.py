@@ -38,8 +38,8 @@ def test_bad_arguments_give_one_line_and_exit_2(args, pattern):
 def test_default_job_reaches_the_oracle_c_index(tmp_path):
     if not (standins.REAL_MODEL and standins.REAL_LOSS and standins.REAL_DUMMY):
         pytest.skip("needs survival3d.models, survival3d.losses and survival3d.data.dummy")
-    # the embedded default job (dummy1, 32^3, lr 1e-3), shortened for CI: 64 cases, 6 epochs
-    proc = _run(f"out_dir={tmp_path}", "data.dummy.n=64", "train.epochs=6", "logging.wandb=false", "logging.progress=false",
+    # the embedded default job (dummy1, 96 cases of 32^3, lr 1e-3), shortened for CI to 6 epochs
+    proc = _run(f"out_dir={tmp_path}", "train.epochs=6", "logging.wandb=false", "logging.progress=false",
                 timeout=230)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = re.search(r"validation C-index ([\d.]+) \(oracle C-index ([\d.]+)\)", proc.stdout)
