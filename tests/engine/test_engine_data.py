@@ -111,3 +111,12 @@ def test_manifest_source_keeps_affine(tmp_path, rng):
     assert batch["image"].shape == (2, 1, 12, 12, 12) and batch["mask"].shape == (2, 1, 12, 12, 12)
     np.testing.assert_allclose(batch["affine"][0].numpy(), affine, atol=1e-5)  # MONAI's affine is the NIfTI's (RAS)
     assert manifest is not None
+
+
+def test_random_transforms_ill_arguments():
+    with pytest.raises(ConfigError, match="data.flip_prob must be in"):
+        random_transforms(mask_keys=[], flip_prob=1.5)
+    with pytest.raises(ConfigError, match="data.affine_prob must be in"):
+        random_transforms(mask_keys=["mask"], affine_prob=-0.1)
+    chain = random_transforms(mask_keys=["mask"], affine_prob=0.0)
+    assert len(chain.transforms) == 3  # flips only

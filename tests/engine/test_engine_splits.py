@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from survival3d.data.splits import kfold_splits, train_val_split

@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 import pytest
 
 from survival3d.engine.summary import main, summarise
