@@ -60,7 +60,7 @@ def markdown_row(label: str, s: dict) -> str:
             f"{f('p_on_lesion', 2)} | {n} | {f('time', 0)} s | {s['device']['value']} |")
 
 
-HEADER = ("| level | C-index | oracle C-index | gap | censored MAE | uncensored MAE | p on lesion | seeds | train time | device |\n"
+HEADER = ("| level | C-index | oracle C-index | gap | censored MAE | uncensored MAE | p on lesion (heatmap case) | seeds | train time | device |\n"
           "|---|---|---|---|---|---|---|---|---|---|")
 
 
