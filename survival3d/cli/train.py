@@ -1,15 +1,103 @@
-"""`run.py train`: placeholder until its issue lands (replace this whole module)."""
+"""``python run.py train``: train a 3D survival model (single split or k-fold, one process or ``torchrun``/DDP).
+
+Examples::
+
+    python run.py train                                   # the embedded default: a small dummy1 run on the CPU
+    python run.py train --config configs/dummy2.yaml train.seed=1 name=dummy2_s1
+    python run.py train --config configs/dummy1.yaml cv.folds=5
+    python run.py train --resume runs/dummy2_s1           # continue after a crash (from checkpoints/last.pt)
+    torchrun --standalone --nproc_per_node=4 run.py train --config configs/dummy6.yaml
+
+Multi-node (on every node; see survival3d/engine/distributed.py)::
+
+    torchrun --nnodes=2 --nproc_per_node=8 --node_rank=$NODE_RANK --rdzv_backend=c10d \\
+             --rdzv_endpoint=$MASTER_ADDR:29500 --rdzv_id=$JOB_ID run.py train --config configs/dummy6.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
 
 from survival3d.cli import COMMANDS
 from survival3d.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
+#: The job ``python run.py train`` runs without arguments: small in-memory dummy1, a few minutes on 2 CPU cores.
+DEFAULT_JOB = {
+    "name": "default",
+    "data": {"source": "dummy", "dummy": {"level": 1, "n": 96, "size": 32}, "image_size": [32, 32, 32], "batch_size": 8,
+             "affine_prob": 0.2},
+    "model": {"patch_size": 4, "window_size": 4},
+    "optim": {"lr": 1e-3},
+    "train": {"epochs": 10, "overwrite": True},
+}
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4f}"
+
 
 @COMMANDS.register("train")
-class _Placeholder:
-    help = "(not implemented yet)"
+class TrainCommand:
+    help = "train a survival model (default: a small dummy1 run on the CPU)"
+    description = (
+        "Train the 3D survival model. Without --config, runs the embedded default job (small dummy1, in memory). "
+        "key=value overrides any config key (see docs/config.md). Launch with torchrun for multi-GPU/multi-node DDP."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("rest", nargs="*")
+        parser.add_argument("--config", "-c", help="YAML config (may say base: other.yaml); default: embedded dummy1 job")
+        parser.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> from checkpoints/last.pt")
+        parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=20")
 
-    def run(self, args):
-        raise ConfigError("'train' is not implemented yet.")
+    def run(self, args) -> int:
+        from survival3d.config import ExperimentConfig, load_config
+
+        if int(os.environ.get("RANK", "0")) != 0:  # torchrun: progress and results come from rank 0 only
+            logging.getLogger().setLevel(logging.WARNING)
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / "config.yaml").is_file():
+                raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run folder).")
+            if args.config:
+                raise ConfigError("--resume uses the run's own config.yaml; give overrides instead of --config.")
+            cfg = load_config(run_dir / "config.yaml", list(args.overrides) + [f"out_dir={run_dir.parent}", f"name={run_dir.name}"],
+                              schema=ExperimentConfig)
+        elif args.config:
+            cfg = load_config(args.config, args.overrides, schema=ExperimentConfig)
+        else:
+            cfg = load_config(None, args.overrides, schema=ExperimentConfig, defaults=DEFAULT_JOB)
+
+        from survival3d.engine.distributed import shutdown_distributed
+        from survival3d.engine.experiment import run_dir_of, run_experiment
+        from survival3d.engine.trainer import NonFiniteLossError
+
+        try:
+            result = run_experiment(cfg, resume=bool(args.resume))
+        except NonFiniteLossError as e:
+            log.error("%s", e)
+            return NonFiniteLossError.exit_code
+        finally:
+            shutdown_distributed()
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0
+        run_dir = run_dir_of(cfg)
+        if int(cfg.cv.folds) > 1:
+            def ms(k):
+                v = result.get(k)
+                return "n/a" if v is None else f"{v['mean']:.4f} ± {v['sd']:.4f}"
+
+            msg = (f"{cfg.cv.folds}-fold validation C-index {ms('c_index')} (oracle {ms('c_index_oracle')}); "
+                   f"censored MAE {ms('mae_censored')}; results in {run_dir / 'cv_metrics.json'}")
+        else:
+            msg = (f"validation C-index {_fmt(result.get('c_index'))} (oracle C-index {_fmt(result.get('c_index_oracle'))}), "
+                   f"MAE uncensored {_fmt(result.get('mae_uncensored'))}, censored {_fmt(result.get('mae_censored'))}; "
+                   f"{result.get('epochs')} epochs in {result.get('time', 0):.0f} s; results in {run_dir}")
+            if result.get("heatmap"):
+                msg += f"\nheatmap: {result['heatmap']} (NIfTI: {result['heatmap_nifti']}; p on lesion {result['p_on_lesion']:.2f})"
+        print(msg)  # the command's result, for the user (logging carries the progress)
+        return 0

@@ -64,11 +64,19 @@ class DataConfig:
     dummy: DummyDataConfig = field(default_factory=DummyDataConfig)
     covariates: CovariateConfig = field(default_factory=CovariateConfig)
     image_size: list[int] = field(default_factory=lambda: [32, 32, 32])  # model input (pad/resize)
+    spatial: str = "resize"  # resize (interpolate to image_size) | pad_crop (keep voxel size, centre pad/crop)
     intensity_window: list[float] = field(default_factory=lambda: [-1024.0, 150.0])  # HU window → [0, 1]
     val_frac: float = 0.25  # when cv.folds == 1
     augment: bool = True  # random flips + small affine on the training set
+    flip_prob: float = 0.5  # per axis
+    affine_prob: float = 0.3
+    rotate_deg: float = 10.0  # max rotation about each axis
+    scale_range: float = 0.05  # max relative zoom (±)
+    translate: float = 0.0  # max shift in voxels (±)
     cache: str = "memory"  # memory | persistent | none
     cache_dir: Optional[str] = None  # for cache = persistent
+    cache_device: str = "cpu"  # cpu | cuda[:N]: keep cached volumes on the GPU and augment there
+    loader: str = "auto"  # auto | torch | thread (MONAI ThreadDataLoader; auto = thread when cache_device is a GPU)
     batch_size: int = 8
     num_workers: int = 0
 
@@ -139,7 +147,10 @@ class OptimConfig:
     lr: float = 3e-4
     weight_decay: float = 0.05
     warmup_epochs: int = 1
-    grad_clip: float = 1.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    min_lr: float = 0.0  # floor of the cosine decay
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
     fused: bool = True  # fused AdamW on CUDA
 
 
@@ -153,13 +164,21 @@ class TrainConfig:
     compile: bool = False
     early_stop_metric: str = "c_index"
     early_stop_mode: str = "max"
-    patience: int = 0  # 0 = no early stopping
+    patience: int = 0  # 0 = no early stopping (counted in validations)
     val_every: int = 1
+    final: str = "last"  # model whose validation predictions go to final_metrics.json: last | best (chosen on validation: optimistic)
+    heatmap: bool = True  # write the softmin p of a validation case with a lesion (PNG + NIfTI)
+    ddp_find_unused: bool = False  # DistributedDataParallel(find_unused_parameters=...)
+    overwrite: bool = False  # replace an existing runs/<name> (otherwise: error unless --resume)
 
 
 @dataclass
 class CVConfig:
     folds: int = 1  # 1 = a single train/validation split; k > 1 = patient-level k-fold stratified by event
+    seed: int = 0  # seed of the split (independent of train.seed)
+    stratify: bool = True  # stratify by event
+    group_column: Optional[str] = None  # manifest column with a patient id (scans of a patient stay together)
+    fold: Optional[int] = None  # run only this fold (0-based) of a k-fold split
 
 
 @dataclass
@@ -168,6 +187,7 @@ class LoggingConfig:
     wandb_mode: str = "offline"  # offline | online | disabled
     project: str = "survival3d"
     progress: bool = True  # tqdm bars
+    log_every: int = 20  # steps between host syncs (progress bar loss, non-finite check)
 
 
 @dataclass

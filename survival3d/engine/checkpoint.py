@@ -1,0 +1,211 @@
+"""Checkpoints: atomic writes, safe loads, and a trained model ready for prediction.
+
+A checkpoint is a dict of plain types and tensors (loadable with ``torch.load(weights_only=True)``)::
+
+    model, loss (state dicts), optimizer, scheduler, rng {python, numpy, torch, cuda}, epoch, step,
+    covariate_encoder (state), config (resolved, as a dict), split {train: ids, val: ids}, best/early-stop state,
+    metrics (the validation metrics of that epoch)
+
+It is written to a temporary file in the same folder, flushed to disk, then renamed over the target, so a crash
+while saving leaves the previous checkpoint intact and never a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from survival3d.errors import InputError
+
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_trained",
+    "TrainedModel",
+    "rng_state",
+    "set_rng_state",
+    "find_checkpoint",
+]
+
+
+def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file + fsync + rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain types only).
+
+    Raises:
+        InputError: the file is missing or not a readable checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("checkpoint not found.", path=path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several unrelated types for corrupt files
+        raise InputError(f"not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}).", path=path) from None
+    if not isinstance(state, dict):
+        raise InputError(f"a checkpoint must hold a dict, got {type(state).__name__}.", path=path)
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every random stream training touches, as plain types and tensors."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the streams saved by :func:`rng_state`."""
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def find_checkpoint(path_or_run_dir: str | os.PathLike, prefer: str = "best") -> Path:
+    """``path`` itself if it is a file, else ``<run>/checkpoints/{prefer}.pt`` (falling back to the other one)."""
+    p = Path(path_or_run_dir)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise InputError("no such checkpoint file or run folder.", path=p)
+    order = [prefer, "last" if prefer == "best" else "best"]
+    for name in order:
+        cand = p / "checkpoints" / f"{name}.pt"
+        if cand.is_file():
+            return cand
+    folds = sorted(q.name for q in p.glob("fold*") if q.is_dir())
+    hint = f" This is a cross-validation run: pick one of {folds} (e.g. {p / folds[0]})." if folds else ""
+    raise InputError(f"no checkpoints/best.pt or checkpoints/last.pt in the run folder.{hint}", path=p)
+
+
+@dataclass
+class TrainedModel:
+    """A model restored from a checkpoint, in eval mode, with what is needed to feed it new cases.
+
+    Attributes:
+        model: the network (eval mode) on ``device``.
+        loss_fn: the loss it was trained with (its ``pmf``/``variance`` give predicted distributions).
+        cfg: the resolved experiment config (OmegaConf).
+        covariate_encoder: the fitted :class:`~survival3d.data.covariates.CovariateEncoder`.
+        checkpoint: the raw checkpoint dict (epoch, metrics, split ids...).
+        path: where it was loaded from.
+    """
+
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    cfg: Any
+    covariate_encoder: Any
+    checkpoint: dict
+    path: Path
+    device: torch.device
+
+    @property
+    def split(self) -> dict[str, list[str]]:
+        return self.checkpoint.get("split", {})
+
+    def dataset(self, manifest: str | os.PathLike | None = None, ids=None):
+        """Validation-style dataset (no augmentation, the run's transforms and encoder).
+
+        Args:
+            manifest: cases to predict (a manifest CSV); ``None`` = the run's own data (``cfg.data``).
+            ids: restrict to these ids (e.g. ``self.split["val"]``); ``None`` = all cases.
+        """
+        from survival3d.data.datasets import build_dataset, load_cases, manifest_cases
+
+        if manifest is None:
+            cases = load_cases(self.cfg.data, generate_case=getattr(self, "_generate_case", None))
+        else:
+            cases = manifest_cases(str(manifest))
+        return build_dataset(cases, cases.ids if ids is None else ids, self.covariate_encoder, self.cfg.data, train=False)
+
+    def predict(self, dataset_or_loader, *, batch_size: int | None = None) -> pd.DataFrame:
+        """``id,time,event,pred_time,risk[,expected_time]`` for every case of a dataset or loader."""
+        from survival3d.data.datasets import collate_cases
+        from survival3d.engine.inference import predict_arrays, predictions_frame
+
+        loader = dataset_or_loader
+        if isinstance(dataset_or_loader, torch.utils.data.Dataset):
+            loader = torch.utils.data.DataLoader(
+                dataset_or_loader, batch_size=batch_size or int(self.cfg.data.batch_size), shuffle=False, collate_fn=collate_cases
+            )
+        arrays = predict_arrays(self.model, loader, self.device, amp=bool(self.cfg.train.amp))
+        return predictions_frame(arrays)
+
+
+def config_from_checkpoint(state: dict[str, Any]):
+    """The experiment config stored in a checkpoint, validated against the current schema."""
+    from omegaconf import OmegaConf
+
+    from survival3d.config.schema import ExperimentConfig
+
+    cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), state["config"])
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def load_trained(path_or_run_dir: str | os.PathLike, device: str | torch.device = "cpu", *, prefer: str = "best", components=None) -> TrainedModel:
+    """Rebuild the model (and loss, covariate encoder, config) of a run in a single process.
+
+    Args:
+        path_or_run_dir: a ``.pt`` file or a run folder (``runs/<name>`` or ``runs/<name>/fold{k}``).
+        device: where to put the model.
+        prefer: ``best`` or ``last`` when given a run folder.
+        components: a :class:`~survival3d.engine.components.Components` to build with (default: the project's).
+    """
+    from survival3d.data.covariates import CovariateEncoder
+    from survival3d.engine.components import Components
+
+    components = components or Components()
+    path = find_checkpoint(path_or_run_dir, prefer)
+    device = torch.device(device)
+    state = load_checkpoint(path, map_location=device)
+    for key in ("model", "config", "covariate_encoder"):
+        if key not in state:
+            raise InputError(f"checkpoint has no '{key}' entry (not written by run.py train?).", path=path, field=key)
+    cfg = config_from_checkpoint(state)
+    encoder = CovariateEncoder.from_state(state["covariate_encoder"])
+    model = components.model(cfg, encoder.spec)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    loss_fn = components.loss(cfg.loss)
+    if state.get("loss"):
+        loss_fn.load_state_dict(state["loss"])
+    loss_fn.to(device).eval()
+    tm = TrainedModel(model=model, loss_fn=loss_fn, cfg=cfg, covariate_encoder=encoder, checkpoint=state, path=path, device=device)
+    tm._generate_case = components.generate_case
+    return tm

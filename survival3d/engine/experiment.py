@@ -1,0 +1,146 @@
+"""An experiment: cases → patient-level split(s) → one :class:`~survival3d.engine.trainer.Trainer` per split.
+
+``cv.folds = 1`` trains one split into ``runs/<name>/``; ``cv.folds = k`` trains every fold into
+``runs/<name>/fold{i}/`` and writes ``runs/<name>/cv_metrics.json`` (per-fold metrics, mean and sample sd).
+The split ids are saved in ``splits.json`` at the top of the run (and in every checkpoint), so a resumed run, an
+evaluation or a later comparison uses exactly the same patients.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from survival3d.config import save_config
+from survival3d.data.datasets import load_cases
+from survival3d.data.splits import kfold_splits, train_val_split
+from survival3d.engine.components import Components
+from survival3d.engine.distributed import DistInfo, init_distributed
+from survival3d.engine.trainer import Trainer
+from survival3d.errors import ConfigError, InputError
+
+__all__ = ["run_experiment", "make_splits", "aggregate_folds", "run_dir_of"]
+
+log = logging.getLogger(__name__)
+
+AGGREGATED = ("c_index", "c_index_oracle", "mae_uncensored", "mae_censored", "val_loss", "epochs", "time", "p_on_lesion")
+
+
+def run_dir_of(cfg) -> Path:
+    return Path(cfg.out_dir) / cfg.name
+
+
+def make_splits(cfg, cases) -> list[dict[str, list[str]]]:
+    """The patient-level split(s) the config asks for."""
+    folds = int(cfg.cv.folds)
+    kw = dict(seed=int(cfg.cv.seed), groups=cases.groups, stratify=bool(cfg.cv.stratify))
+    try:
+        if folds == 1:
+            train, val = train_val_split(cases.ids, cases.events, val_frac=float(cfg.data.val_frac), **kw)
+            return [{"train": train, "val": val}]
+        if folds < 1:
+            raise ConfigError(f"cv.folds must be >= 1, got {folds}.")
+        return [{"train": t, "val": v} for t, v in kfold_splits(cases.ids, cases.events, folds=folds, **kw)]
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"cannot split {len(cases)} cases ({cases.source}): {e}") from None
+
+
+def aggregate_folds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1) of each metric over folds (NaN/None values ignored)."""
+    agg: dict[str, Any] = {"folds": len(results), "per_fold": list(results)}
+    for key in AGGREGATED:
+        vals = [float(r[key]) for r in results if r.get(key) is not None and math.isfinite(float(r[key]))]
+        if vals:
+            agg[key] = {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, "n": len(vals)}
+    return agg
+
+
+def _json_write(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=lambda o: None))
+    os.replace(tmp, path)
+
+
+def _prepare_run_dir(cfg, resume: bool, info: DistInfo) -> Path:
+    run_dir = run_dir_of(cfg)
+    if not info.is_main:
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if cfg.train.overwrite:
+            if not (run_dir / "config.yaml").is_file():  # never delete a folder that is not a run
+                raise ConfigError(f"train.overwrite=true but {run_dir} is not a run folder (no config.yaml); "
+                                  f"refusing to delete it.")
+            shutil.rmtree(run_dir)
+        else:
+            raise ConfigError(f"run folder {run_dir} already exists: continue it with --resume {run_dir}, "
+                              f"pick another name=..., or pass train.overwrite=true.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _splits_for_run(cfg, cases, run_dir: Path, resume: bool, info: DistInfo) -> list[dict[str, list[str]]]:
+    splits = make_splits(cfg, cases)
+    path = run_dir / "splits.json"
+    if resume and path.is_file():
+        saved = json.loads(path.read_text())["splits"]
+        if saved != splits:
+            raise InputError("the data or cv settings now give different splits than the run was started with; "
+                             "resume with the original config.", path=path, field="splits")
+    if info.is_main:
+        _json_write({"folds": int(cfg.cv.folds), "seed": int(cfg.cv.seed), "splits": splits}, path)
+    return splits
+
+
+def run_experiment(cfg, *, resume: bool = False, components: Components | None = None, callbacks: Sequence[Any] = (),
+                   dist: DistInfo | None = None) -> dict[str, Any]:
+    """Train every split of the experiment; returns the final metrics (k-fold: the aggregate with ``per_fold``).
+
+    Args:
+        cfg: the experiment config.
+        resume: continue an existing ``runs/<name>`` from its ``last.pt`` checkpoints (finished folds are kept).
+        components: model/loss/dummy factories (default: the project's).
+        callbacks: passed to every :class:`Trainer`.
+        dist: process-group position; default: joined from the ``torchrun`` environment.
+    """
+    components = components or Components()
+    info = dist or init_distributed(cfg.train.device)
+    run_dir = _prepare_run_dir(cfg, resume, info)
+    cases = load_cases(cfg.data, generate_case=components.generate_case if cfg.data.source == "dummy" else None,
+                       group_column=cfg.cv.group_column)
+    if info.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    splits = _splits_for_run(cfg, cases, run_dir, resume, info)
+    folds = int(cfg.cv.folds)
+    if folds == 1:
+        return Trainer(cfg, run_dir, cases, splits[0], components=components, dist=info, callbacks=callbacks).fit(resume)
+
+    selected = range(folds) if cfg.cv.fold is None else [int(cfg.cv.fold)]
+    if any(not 0 <= k < folds for k in selected):
+        raise ConfigError(f"cv.fold must be in [0, {folds - 1}], got {cfg.cv.fold}.")
+    for k in selected:
+        fold_dir = run_dir / f"fold{k}"
+        done = fold_dir / "final_metrics.json"
+        if resume and done.is_file():
+            log.info("fold %d already finished (%s)", k, done)
+            continue
+        log.info("fold %d/%d", k + 1, folds)
+        Trainer(cfg, fold_dir, cases, splits[k], components=components, dist=info, callbacks=callbacks).fit(resume)
+    results = []
+    for k in range(folds):
+        p = run_dir / f"fold{k}" / "final_metrics.json"
+        if p.is_file():
+            results.append({"fold": k, **json.loads(p.read_text())})
+    agg = aggregate_folds(results)
+    if info.is_main and len(results) == folds:
+        _json_write(agg, run_dir / "cv_metrics.json")
+    return agg

@@ -1,0 +1,89 @@
+"""Forward passes over a loader: the model call every part of the engine shares, and prediction tables."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["model_inputs", "forward", "autocast", "predict_arrays", "predictions_frame", "to_device"]
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move the tensors of a batch dict to ``device`` (non-blocking from pinned memory)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of the model's forward for a batch (empty covariate blocks are passed as ``None``)."""
+    kw: dict[str, Any] = {}
+    cov_num, cov_cat = batch.get("cov_num"), batch.get("cov_cat")
+    kw["cov_num"] = cov_num if cov_num is not None and cov_num.shape[-1] > 0 else None
+    kw["cov_cat"] = cov_cat if cov_cat is not None and cov_cat.shape[-1] > 0 else None
+    if batch.get("lung_mask") is not None:
+        kw["lung_mask"] = batch["lung_mask"]
+    return kw
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled; a no-op (fp32) on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def forward(model: torch.nn.Module, batch: Mapping[str, Any], *, amp: bool = False):
+    """``model(image, cov_num=, cov_cat=, lung_mask=)`` under the right precision; returns the ``SurvivalOutput``."""
+    image = batch["image"]
+    with autocast(image.device, amp):
+        return model(image, **model_inputs(batch))
+
+
+@torch.no_grad()
+def predict_arrays(model: torch.nn.Module, loader, device: torch.device, *, amp: bool = False, loss_fn=None, progress=None) -> dict[str, Any]:
+    """Predictions for every case of ``loader`` as numpy arrays (plus the summed loss when ``loss_fn`` is given).
+
+    Returns:
+        ``{"id": [...], "time", "event", "pred_time", "risk"[, "expected_time"], "loss_sum", "n"}``. Tensors are
+        gathered on the device and copied to the host once at the end.
+    """
+    was_training = model.training
+    model.eval()
+    ids: list[str] = []
+    cols: dict[str, list[torch.Tensor]] = {"time": [], "event": [], "pred_time": [], "risk": [], "expected_time": []}
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    n = 0
+    for batch in loader if progress is None else progress(loader):
+        batch = to_device(batch, device)
+        out = forward(model, batch, amp=amp)
+        ids += list(batch["id"])
+        cols["time"].append(batch["time"])
+        cols["event"].append(batch["event"])
+        cols["pred_time"].append(out.pred.detach().float())
+        cols["risk"].append(out.risk.detach().float())
+        if "expected_time" in batch:
+            cols["expected_time"].append(batch["expected_time"])
+        if loss_fn is not None:
+            with autocast(device, amp):
+                losses = loss_fn(out, batch["time"], batch["event"])
+            loss_sum += losses["loss"].detach().double() * len(batch["id"])
+        n += len(batch["id"])
+    model.train(was_training)
+    result: dict[str, Any] = {"id": ids}
+    for k, v in cols.items():
+        if v and (k != "expected_time" or len(v) == len(cols["time"])):
+            result[k] = torch.cat(v).cpu().numpy().astype(np.float64)
+    result["event"] = result["event"].astype(np.int64)
+    result["loss_sum"] = float(loss_sum.cpu()) if loss_fn is not None else float("nan")
+    result["n"] = n
+    return result
+
+
+def predictions_frame(arrays: Mapping[str, Any]) -> pd.DataFrame:
+    """``id,time,event,pred_time,risk[,expected_time]`` as a DataFrame."""
+    cols = ["id", "time", "event", "pred_time", "risk"] + (["expected_time"] if "expected_time" in arrays else [])
+    return pd.DataFrame({c: arrays[c] for c in cols})
