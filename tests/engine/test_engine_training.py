@@ -68,6 +68,7 @@ def test_run_outputs_and_c_index_recomputed_from_predictions(tiny_cfg, component
 _KILL_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {testdir!r})
+import engine_standins as standins
 from survival3d.config import ExperimentConfig, load_config, save_config
 from survival3d.engine.experiment import run_experiment
 
