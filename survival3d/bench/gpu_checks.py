@@ -250,7 +250,6 @@ def run_checks(
     ``out`` (same device, plan and settings), so the checks can be split over several calls (``--only``) — e.g.
     on a machine that limits the length of one command — and still end in one report.
     """
-    import torch
 
     from survival3d.bench.checks import compare_compiled, sdpa_backend_support, sdpa_ops, train_step_fn
     from survival3d.bench.contenders import BENCH_MODELS

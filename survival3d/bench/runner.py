@@ -20,13 +20,13 @@ import logging
 import math
 import os
 import platform
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from survival3d.io import atomic_write
 from survival3d.bench.contenders import BENCH_MODELS, BenchContender
 from survival3d.bench.measure import (
     PeakMemory,
@@ -418,16 +418,8 @@ def format_markdown(report: Mapping[str, Any]) -> str:
 
 def _atomic_write(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(text)
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from survival3d.errors import ConfigError
+from survival3d.io import atomic_write
 from survival3d.registry import did_you_mean
 
 __all__ = ["load_config", "save_config", "parse_overrides", "config_to_yaml", "CONFIG_ROOT"]
@@ -171,14 +171,6 @@ def config_to_yaml(cfg: DictConfig) -> str:
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML, atomically (temporary file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(config_to_yaml(cfg))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(config_to_yaml(cfg))
     return path

@@ -27,13 +27,13 @@ rename), so a manifest on disk is always complete.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from survival3d.io import atomic_write
 from survival3d.errors import InputError
 
 __all__ = [
@@ -209,14 +209,6 @@ def write_manifest(df: pd.DataFrame | Iterable[dict], path: str | os.PathLike) -
             frame[column] = [_relative(v, root) for v in frame[column]]
     order = ["id", "image", *[c for c in OPTIONAL_PATH_COLUMNS if c in frame.columns], "time", "event"]
     frame = frame[order + [c for c in frame.columns if c not in order]]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, newline="") as fh:
+        frame.to_csv(fh, index=False)
     return path

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,7 +29,9 @@ import numpy as np
 import pandas as pd
 
 from survival3d.data.preprocess import PreprocessSettings, case_is_done, preprocess_case, write_json
+from survival3d.data.manifest import write_manifest
 from survival3d.errors import InputError, Survival3DError
+from survival3d.io import atomic_path
 
 __all__ = [
     "CaseJob",
@@ -189,25 +189,14 @@ def _run_job(job: CaseJob, out_dir: str, settings: PreprocessSettings, qc_png: b
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
 def save_manifest(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write the manifest with ``survival3d.data.manifest.write_manifest`` when available, else an atomic CSV."""
-    try:
-        from survival3d.data.manifest import write_manifest
-    except ImportError:
-        return _atomic_csv(df, Path(path))
-    write_manifest(df, path)
-    return Path(path)
+    """Write the manifest with :func:`survival3d.data.manifest.write_manifest` (validated, atomic)."""
+    return write_manifest(df, path)
 
 
 def run_preprocess_jobs(

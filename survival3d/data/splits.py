@@ -8,8 +8,6 @@ reproducible; the ids are saved with every run (``splits.json`` and the checkpoi
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from survival3d.errors import ConfigError, InputError
+from survival3d.io import atomic_path
 
 __all__ = ["train_val_split", "kfold_splits", "patient_kfold", "write_splits"]
 
@@ -152,12 +151,6 @@ def patient_kfold(
 def write_splits(splits: pd.DataFrame, path: str | Path) -> Path:
     """Write a splits table as CSV atomically (temporary file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         splits.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path

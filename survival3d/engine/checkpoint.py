@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from survival3d.io import atomic_write
 from survival3d.errors import InputError
 
 __all__ = [
@@ -39,18 +39,8 @@ __all__ = [
 def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file + fsync + rename); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb", fsync=True) as f:
+        torch.save(state, f)
     return path
 
 

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from survival3d.io import atomic_path
 from survival3d.config import save_config
 from survival3d.errors import ConfigError
 from survival3d.glsa.backbones import GLSANet, create_model
@@ -121,16 +121,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
 
 # ------------------------------------------------------------------------------------------------- file helpers
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -20,7 +20,6 @@ def loop_reference(m: FeatureAct, x: torch.Tensor) -> torch.Tensor:
     """FeatureAct v4 written out step by step as in the research notebook: the full (B, N, d, d) correlation
     tensor, a 1x1 convolution over its position axis, and a Python loop over the reduced channels."""
     b, c, h, w = x.shape
-    n = h * w
     src = m.src_proj(x).flatten(2)  # (B, d, N)
     tgt = m.tgt_proj(x).flatten(2)
     cor = src[:, :, None, :] * tgt[:, None, :, :]  # (B, d, d, N): cor[b, i, j, n] = s[b,i,n] t[b,j,n]
