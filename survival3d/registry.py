@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -91,19 +92,44 @@ class Registry(Generic[T]):
         Raises:
             ConfigError: unknown name, a missing ``name`` key, or a spec key that clashes with a context key.
         """
-        if isinstance(spec, str):
-            name, kwargs = spec, {}
-        elif isinstance(spec, Mapping) or hasattr(spec, "items"):
-            kwargs = {str(k): v for k, v in dict(spec.items()).items()}
-            if "name" not in kwargs:
-                raise ConfigError(f"{self.kind} spec {kwargs!r} has no 'name' key.")
-            name = kwargs.pop("name")
-        else:
-            raise ConfigError(f"{self.kind} spec must be a name or a mapping with 'name', got {spec!r}.")
+        name, kwargs = self.split_spec(spec)
         clash = sorted(set(kwargs) & set(context))
         if clash:
             raise ConfigError(f"{self.kind} '{name}': keys {clash} are set by the caller and cannot be configured.")
         return self.get(name)(**kwargs, **context)
+
+    def split_spec(self, spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """``"name"`` or ``{"name": ..., **kwargs}`` → ``(name, kwargs)``.
+
+        Raises:
+            ConfigError: a mapping without ``name``, or a spec that is neither a string nor a mapping.
+        """
+        if isinstance(spec, str):
+            return spec, {}
+        if isinstance(spec, Mapping) or hasattr(spec, "items"):
+            kwargs = {str(k): v for k, v in dict(spec.items()).items()}
+            if "name" not in kwargs:
+                raise ConfigError(f"{self.kind} spec {kwargs!r} has no 'name' key.")
+            return kwargs.pop("name"), kwargs
+        raise ConfigError(f"{self.kind} spec must be a name or a mapping with 'name', got {spec!r}.")
+
+    def build_with_context(self, spec: str | Mapping[str, Any], **context: Any) -> T:
+        """Like :meth:`build`, but pass only the context keywords the chosen constructor accepts.
+
+        Lets a caller offer optional context (``num_heads``, ``img_size``) that only some variants use, without
+        every variant having to swallow unknown keywords. A keyword that the spec sets explicitly wins over
+        context; a spec option the constructor does not take is a :class:`ConfigError` listing the valid ones.
+        """
+        name, kwargs = self.split_spec(spec)
+        ctor = self.get(name)
+        params = inspect.signature(ctor).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        extra = {k: v for k, v in context.items() if (takes_any or k in params) and k not in kwargs}
+        unknown = sorted(k for k in kwargs if not takes_any and k not in params)
+        if unknown:
+            valid = [k for k in params if k not in ("self", *context)]
+            raise ConfigError(f"{self.kind} '{name}' has no option(s) {unknown}; valid options: {valid}.")
+        return ctor(**kwargs, **extra)
 
     def keys(self, pattern: str | None = None) -> list[str]:
         """Sorted registered names, optionally filtered by a shell-style ``pattern`` (e.g. ``"*attention*"``)."""

@@ -50,3 +50,11 @@ def test_duplicate_registration():
     reg.register("softmin", Softmin)  # the same object again is fine
     with pytest.raises(ValueError):
         reg.register("", lambda: None)
+
+
+def test_build_with_context_passes_only_accepted_keywords():
+    reg, Softmin = make()
+    obj = reg.build_with_context({"name": "softmin", "beta_init": 1.5}, in_dim=4, img_size=7, num_heads=2)
+    assert isinstance(obj, Softmin) and obj.in_dim == 4 and obj.beta_init == 1.5
+    with pytest.raises(ConfigError, match=r"has no option\(s\) \['beta'\].*valid options: \['beta_init'\]"):
+        reg.build_with_context({"name": "softmin", "beta": 1.0}, in_dim=4)

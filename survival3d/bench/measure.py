@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from survival3d.device import resolve_device
+
 __all__ = [
     "resolve_device",
     "synchronize",
@@ -39,23 +41,6 @@ __all__ = [
 
 
 _OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → ``cuda`` when available else ``cpu``; otherwise ``torch.device(name)``.
-
-    Raises:
-        ValueError: for an unknown device string or ``cuda`` requested without a CUDA device.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"unknown device {name!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but torch.cuda.is_available() is False.")
-    return dev
 
 
 def synchronize(device: torch.device) -> None:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from survival3d.device import resolve_device
 from survival3d.io import atomic_path, atomic_write
 from survival3d.config import save_config
 from survival3d.errors import ConfigError
@@ -66,14 +67,6 @@ def build_network(model_cfg: DictConfig, data: FlexData) -> nn.Module:
     return nn.Sequential(InputAdapter(data.mean, data.std, repeat_to=3), net)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device '{name}' requested but CUDA is not available.")
-    return torch.device(name)
-
-
 def write_json_atomic(obj: Any, path: Path) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=2)
@@ -105,7 +98,7 @@ def run_flex(cfg: DictConfig, out_dir: str | os.PathLike, *, progress: bool = Tr
     if t_cfg.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1, got {t_cfg.epochs}.")
     attacks = {name: ATTACKS.get(name) for name in a_cfg.methods}
-    device = resolve_device(t_cfg.device)
+    device = resolve_device(t_cfg.device, key="train.device")
 
     data = load_flex_data(cfg.data)
     _seed_all(t_cfg.seed)

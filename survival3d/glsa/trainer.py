@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from survival3d.device import resolve_device
 from survival3d.io import atomic_path
 from survival3d.config import save_config
 from survival3d.errors import ConfigError
@@ -170,18 +171,6 @@ def _start_wandb(cfg: DictConfig, run_dir: Path, name: str):
     except Exception as e:  # noqa: BLE001 - a tracking failure must not stop training
         log.warning("wandb disabled: %s", e)
         return None
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"train.device: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name} but CUDA is not available.")
-    return dev
 
 
 def _seed_everything(seed: int) -> None:
@@ -332,7 +321,7 @@ def _train(cfg: DictConfig, run_dir: Path, name: str) -> dict[str, Any]:
     log.info("run %s -> %s", name, run_dir)
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     _seed_everything(cfg.train.seed)
-    device = _device(cfg.train.device)
+    device = resolve_device(cfg.train.device, key="train.device")
     d = cfg.data
     data = build_dataset(
         d.name, root=d.root, image_size=d.image_size, val_frac=d.val_frac, split_seed=d.split_seed, augment=d.augment,

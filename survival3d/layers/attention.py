@@ -11,9 +11,7 @@ implementation serves 2D and 3D feature maps.
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -22,7 +20,6 @@ from monai.networks.layers.factories import Conv, Pool
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
-from survival3d.errors import ConfigError
 from survival3d.registry import Registry
 
 __all__ = [
@@ -40,30 +37,8 @@ ATTENTION: Registry = Registry("attention")
 
 
 def build_with_context(registry: Registry, spec: Any, **context: Any) -> Any:
-    """``registry.build`` passing only the context keywords the chosen constructor accepts.
-
-    Lets a caller offer optional context (``num_heads``, ``img_size``) that only some variants use, without
-    every variant having to swallow unknown keywords. A keyword that the spec sets explicitly wins over context;
-    a constructor ``TypeError`` (misspelt option in a config) becomes a :class:`ConfigError`.
-    """
-    if isinstance(spec, str):
-        name, kwargs = spec, {}
-    elif isinstance(spec, Mapping) or hasattr(spec, "items"):
-        kwargs = {str(k): v for k, v in dict(spec.items()).items()}
-        if "name" not in kwargs:
-            raise ConfigError(f"{registry.kind} spec {kwargs!r} has no 'name' key.")
-        name = kwargs.pop("name")
-    else:
-        raise ConfigError(f"{registry.kind} spec must be a name or a mapping with 'name', got {spec!r}.")
-    ctor = registry.get(name)
-    params = inspect.signature(ctor).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    extra = {k: v for k, v in context.items() if (takes_any or k in params) and k not in kwargs}
-    unknown = sorted(k for k in kwargs if not takes_any and k not in params)
-    if unknown:
-        valid = [k for k in params if k not in ("self", *context)]
-        raise ConfigError(f"{registry.kind} '{name}' has no option(s) {unknown}; valid options: {valid}.")
-    return ctor(**kwargs, **extra)
+    """``registry.build_with_context(spec, **context)`` (see :meth:`survival3d.registry.Registry.build_with_context`)."""
+    return registry.build_with_context(spec, **context)
 
 
 def _check_dims(spatial_dims: int) -> None:
