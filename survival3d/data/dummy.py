@@ -381,75 +381,58 @@ class DummyLevel:
 DUMMY_LEVELS: Registry = Registry("dummy level")
 
 _PHANTOM = ThoraxPhantom()
-DUMMY_LEVELS.register(
+
+
+def _register_level(name: str, **fields) -> None:
+    """Register a level under ``name``; the registry builds ``DummyLevel(name=name, **fields)``."""
+    DUMMY_LEVELS.register(name, partial(DummyLevel, name=name, **fields))
+
+
+_register_level(
     "dummy1",
-    partial(
-        DummyLevel,
-        name="dummy1",
-        description="one bright sphere in feat_frac of the scans -> short survival; noise background",
-        background=NoiseBackground(),
-        lesions=Spheres(count=(1, 1), radius=(0.2, 0.3), hu=30.0),
-        times=TwoGroupNormalTimes(),
-    ),
+    description="one bright sphere in feat_frac of the scans -> short survival; noise background",
+    background=NoiseBackground(),
+    lesions=Spheres(count=(1, 1), radius=(0.2, 0.3), hu=30.0),
+    times=TwoGroupNormalTimes(),
 )
-DUMMY_LEVELS.register(
+_register_level(
     "dummy2",
-    partial(
-        DummyLevel,
-        name="dummy2",
-        description="sphere radius drives survival continuously (log-normal AFT on lesion volume); noise background",
-        background=NoiseBackground(),
-        lesions=Spheres(count=(1, 1), radius=(0.1, 0.4), hu=30.0),
-        times=LogNormalBurdenTimes(t0=75.0, beta=1.0, sigma=0.15, r_ref=0.25),
-    ),
+    description="sphere radius drives survival continuously (log-normal AFT on lesion volume); noise background",
+    background=NoiseBackground(),
+    lesions=Spheres(count=(1, 1), radius=(0.1, 0.4), hu=30.0),
+    times=LogNormalBurdenTimes(t0=75.0, beta=1.0, sigma=0.15, r_ref=0.25),
 )
-DUMMY_LEVELS.register(
+_register_level(
     "dummy3",
-    partial(
-        DummyLevel,
-        name="dummy3",
-        description="thorax phantom (body, two lungs, spine, air); one sphere inside a lung -> short survival",
-        background=_PHANTOM,
-        lesions=Spheres(count=(1, 1), radius=(0.12, 0.2), hu=30.0),
-        times=TwoGroupNormalTimes(),
-    ),
+    description="thorax phantom (body, two lungs, spine, air); one sphere inside a lung -> short survival",
+    background=_PHANTOM,
+    lesions=Spheres(count=(1, 1), radius=(0.12, 0.2), hu=30.0),
+    times=TwoGroupNormalTimes(),
 )
-DUMMY_LEVELS.register(
+_register_level(
     "dummy4",
-    partial(
-        DummyLevel,
-        name="dummy4",
-        description="phantom; a sphere of the lung's own mean HU, visible only by its texture (sd 120 vs 25 HU)",
-        background=_PHANTOM,
-        lesions=Spheres(count=(1, 1), radius=(0.15, 0.22), hu=None, texture_sd=120.0),
-        times=TwoGroupNormalTimes(),
-    ),
+    description="phantom; a sphere of the lung's own mean HU, visible only by its texture (sd 120 vs 25 HU)",
+    background=_PHANTOM,
+    lesions=Spheres(count=(1, 1), radius=(0.15, 0.22), hu=None, texture_sd=120.0),
+    times=TwoGroupNormalTimes(),
 )
-DUMMY_LEVELS.register(
+_register_level(
     "dummy5",
-    partial(
-        DummyLevel,
-        name="dummy5",
-        description="phantom; 0..4 spheres in the lungs, more/larger -> shorter (log-normal AFT on total volume)",
-        background=_PHANTOM,
-        lesions=Spheres(count=(1, 4), radius=(0.1, 0.18), hu=30.0),
-        times=LogNormalBurdenTimes(t0=75.0, beta=1.0, sigma=0.15, r_ref=0.15),
-    ),
+    description="phantom; 0..4 spheres in the lungs, more/larger -> shorter (log-normal AFT on total volume)",
+    background=_PHANTOM,
+    lesions=Spheres(count=(1, 4), radius=(0.1, 0.18), hu=30.0),
+    times=LogNormalBurdenTimes(t0=75.0, beta=1.0, sigma=0.15, r_ref=0.15),
 )
-DUMMY_LEVELS.register(
+_register_level(
     "dummy6",
-    partial(
-        DummyLevel,
-        name="dummy6",
-        description="phantom; 0..3 lung lesions, 0..3 bright distractors outside the lungs, age/sex/smoking shift "
-        "the hazard, heavy censoring",
-        background=_PHANTOM,
-        lesions=Spheres(count=(1, 3), radius=(0.1, 0.18), hu=30.0),
-        distractors=Spheres(count=(0, 3), radius=(0.1, 0.16), hu=600.0),
-        covariates=ClinicalCovariates(),
-        times=LogNormalBurdenTimes(t0=50.0, beta=1.0, sigma=0.25, r_ref=0.15),
-        default_censor_frac=0.6,
-    ),
+    description="phantom; 0..3 lung lesions, 0..3 bright distractors outside the lungs, age/sex/smoking shift "
+    "the hazard, heavy censoring",
+    background=_PHANTOM,
+    lesions=Spheres(count=(1, 3), radius=(0.1, 0.18), hu=30.0),
+    distractors=Spheres(count=(0, 3), radius=(0.1, 0.16), hu=600.0),
+    covariates=ClinicalCovariates(),
+    times=LogNormalBurdenTimes(t0=50.0, beta=1.0, sigma=0.25, r_ref=0.15),
+    default_censor_frac=0.6,
 )
 
 
