@@ -61,6 +61,15 @@ class NoAttention(nn.Identity):
         super().__init__()
 
 
+def _bottleneck(channels: int, spatial_dims: int, reduction: int, min_hidden: int) -> int:
+    """Check the arguments of a channel-gating MLP and return its hidden width."""
+    _check_channels(channels)
+    _check_dims(spatial_dims)
+    if reduction < 1:
+        raise ValueError(f"reduction must be >= 1, got {reduction}.")
+    return max(channels // reduction, min(min_hidden, channels))
+
+
 @ATTENTION.register("se")
 class SqueezeExcitation(nn.Module):
     """Squeeze-and-excitation channel gating (Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018).
@@ -70,11 +79,7 @@ class SqueezeExcitation(nn.Module):
 
     def __init__(self, channels: int, spatial_dims: int = 2, *, reduction: int = 16, min_hidden: int = 4):
         super().__init__()
-        _check_channels(channels)
-        _check_dims(spatial_dims)
-        if reduction < 1:
-            raise ValueError(f"reduction must be >= 1, got {reduction}.")
-        hidden = max(channels // reduction, min(min_hidden, channels))
+        hidden = _bottleneck(channels, spatial_dims, reduction, min_hidden)
         conv = Conv[Conv.CONV, spatial_dims]
         self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
         self.fc = nn.Sequential(conv(channels, hidden, 1), nn.ReLU(inplace=True), conv(hidden, channels, 1), nn.Sigmoid())
@@ -88,11 +93,7 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, channels: int, spatial_dims: int = 2, *, reduction: int = 16, min_hidden: int = 4):
         super().__init__()
-        _check_channels(channels)
-        _check_dims(spatial_dims)
-        if reduction < 1:
-            raise ValueError(f"reduction must be >= 1, got {reduction}.")
-        hidden = max(channels // reduction, min(min_hidden, channels))
+        hidden = _bottleneck(channels, spatial_dims, reduction, min_hidden)
         conv = Conv[Conv.CONV, spatial_dims]
         self.avg = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
         self.max = Pool[Pool.ADAPTIVEMAX, spatial_dims](1)
