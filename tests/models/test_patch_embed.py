@@ -79,3 +79,31 @@ def test_ill_arguments(kwargs):
 def test_bad_input_rank():
     with pytest.raises(ValueError, match="D, H, W"):
         Conv3dPatchEmbed(1, 12, 4)(torch.randn(1, 16, 16, 16))
+
+
+def _uniform_tokens(emb, values):
+    with torch.no_grad():
+        return [emb(torch.full((1, 1, 8, 8, 8), float(v)))[0][0, :, 0, 0, 0] for v in values]
+
+
+def test_layernorm_tokens_are_blind_to_homogeneous_intensity():
+    """Closed form: a uniform cubelet of value a embeds as a*s + b; with b = 0, LN(a*s) = LN(s) for every a > 0.
+    That is why ``norm`` is off by default: without it the token keeps the intensity (exactly a*s + b)."""
+    a, b = 0.2 + 0.7 * torch.rand(2)
+    with_ln = Conv3dPatchEmbed(1, 12, 4, pos_embed="none", norm=True).eval()
+    torch.nn.init.zeros_(with_ln.stem[-1].bias)
+    ta, tb = _uniform_tokens(with_ln, (a, b))
+    torch.testing.assert_close(ta, tb, atol=1e-4, rtol=1e-4)
+
+    plain = Conv3dPatchEmbed(1, 12, 4, pos_embed="none").eval()
+    conv = plain.stem[-1]
+    ta, tb = _uniform_tokens(plain, (a, b))
+    s = conv.weight.sum(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(ta, a * s + conv.bias, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tb, b * s + conv.bias, atol=1e-5, rtol=1e-5)
+
+
+def test_deep_stem_keeps_homogeneous_intensity():
+    emb = Conv3dPatchEmbed(1, 12, 4, stem_convs=2, pos_embed="none").eval()
+    ta, tb = _uniform_tokens(emb, (0.2, 0.9))
+    assert (ta - tb).abs().max() > 1e-2

@@ -1,4 +1,4 @@
-"""Cubelet embedding of a 3D volume: a Conv3d stem, a per-token norm and an optional 3D position embedding.
+"""Cubelet embedding of a 3D volume: a Conv3d stem, an optional per-token norm and an optional 3D position embedding.
 
 The stem follows "Early Convolutions Help Transformers See Better" (Xiao et al., NeurIPS 2021): a few strided
 3x3x3 convolutions before the final patchifying convolution, instead of one large-kernel convolution. With
@@ -54,7 +54,7 @@ def sincos_pos_embed_3d(grid: tuple[int, int, int], dim: int, *, temperature: fl
 
 
 class Conv3dPatchEmbed(nn.Module):
-    """Split a volume into cubelets and embed each one as a token.
+    r"""Split a volume into cubelets and embed each one as a token.
 
     The input is zero-padded at the far end of each axis to a multiple of ``patch_size``; a cubelet counts as
     valid when at least ``min_valid_frac`` of its voxels are real (not padding).
@@ -64,12 +64,18 @@ class Conv3dPatchEmbed(nn.Module):
         embed_dim: channels of each cubelet token.
         patch_size: cubelet edge in voxels (the total stride of the stem).
         stem_convs: number of convolutions in the stem. The first ``stem_convs - 1`` are 3x3x3 stride-2
-            convolutions (each followed by channel LayerNorm and GELU, widths ramping up to ``embed_dim``); the last
-            has kernel = stride = the remaining factor. ``patch_size`` must be divisible by ``2 ** (stem_convs-1)``.
+            convolutions (each followed by BatchNorm and GELU, as in Xiao et al., widths ramping up to
+            ``embed_dim``); the last has kernel = stride = the remaining factor. ``patch_size`` must be divisible by
+            ``2 ** (stem_convs-1)``.
         pos_embed: ``"none"``, ``"learnable"`` or ``"sincos"``.
         img_size: expected input size (D, H, W); needed for ``"learnable"`` (the table is trilinearly resized
             for other sizes).
-        norm: apply LayerNorm to the tokens.
+        norm: apply LayerNorm to the tokens. Off by default: for a single-channel scan, LayerNorm right after a
+            linear patchify is blind to the intensity of a homogeneous cubelet. A uniform cubelet of value
+            :math:`a` embeds as :math:`a\,s + b` (:math:`s` = the kernel sums, :math:`b` = the bias) and
+            :math:`\mathrm{LN}(a\,s + b) \approx \mathrm{LN}(s)` whenever :math:`|a\,s| \gg |b|`, so the inside
+            of a soft-tissue sphere looks like air and only its edges stand out (on dummy1 the softmin head then
+            picked rim cubelets; docs/model.md). The stem's intermediate norm is BatchNorm for the same reason.
         min_valid_frac: fraction of real voxels a cubelet needs to be valid.
 
     Forward:
@@ -81,7 +87,7 @@ class Conv3dPatchEmbed(nn.Module):
 
     def __init__(self, in_channels: int = 1, embed_dim: int = 48, patch_size: int = 8, *, stem_convs: int = 1,
                  pos_embed: str = "sincos", img_size: tuple[int, int, int] | list[int] | None = None,
-                 norm: bool = True, min_valid_frac: float = 0.5):
+                 norm: bool = False, min_valid_frac: float = 0.5):
         super().__init__()
         if in_channels < 1 or embed_dim < 1:
             raise ValueError(f"in_channels {in_channels} and embed_dim {embed_dim} must be positive.")
@@ -115,7 +121,7 @@ class Conv3dPatchEmbed(nn.Module):
         ch = in_channels
         for i in range(stem_convs - 1):
             out = max(embed_dim // 2 ** (stem_convs - 1 - i), 8)
-            layers += [nn.Conv3d(ch, out, 3, stride=2, padding=1), LayerNormChannels3d(out), nn.GELU()]
+            layers += [nn.Conv3d(ch, out, 3, stride=2, padding=1), nn.BatchNorm3d(out), nn.GELU()]
             ch = out
         last = patch_size // down
         layers.append(nn.Conv3d(ch, embed_dim, kernel_size=last, stride=last))
