@@ -95,7 +95,8 @@ class ModelConfig:
     patch_size: int = 4  # cubelet edge in voxels (4 for 32^3 dummy volumes -> 8^3 cubelets; 8-16 for CT)
     stem_convs: int = 1  # convolutions in the Conv3dPatchEmbed stem (first n-1 are 3^3 stride 2)
     embed_dim: int = 48
-    embed_norm: bool = False  # LayerNorm on the cubelet tokens: hides the HU of homogeneous cubelets (docs/model.md)
+    embed_norm: bool = True  # LayerNorm on the cubelet tokens
+    embed_mean_intensity: bool = True  # add each cubelet's mean intensity back after the LN (docs/model.md)
     pos_embed: str = "sincos"  # none | learnable | sincos
     img_size: Optional[list[int]] = None  # for pos_embed=learnable; None -> data.image_size
     depth: int = 2

@@ -86,21 +86,33 @@ def _uniform_tokens(emb, values):
         return [emb(torch.full((1, 1, 8, 8, 8), float(v)))[0][0, :, 0, 0, 0] for v in values]
 
 
-def test_layernorm_tokens_are_blind_to_homogeneous_intensity():
-    """Closed form: a uniform cubelet of value a embeds as a*s + b; with b = 0, LN(a*s) = LN(s) for every a > 0.
-    That is why ``norm`` is off by default: without it the token keeps the intensity (exactly a*s + b)."""
-    a, b = 0.2 + 0.7 * torch.rand(2)
-    with_ln = Conv3dPatchEmbed(1, 12, 4, pos_embed="none", norm=True).eval()
-    torch.nn.init.zeros_(with_ln.stem[-1].bias)
-    ta, tb = _uniform_tokens(with_ln, (a, b))
+def test_layernorm_alone_is_blind_to_homogeneous_intensity():
+    """Closed form: a uniform cubelet of value a leaves the patchify conv as a*s + b; with b = 0, LN(a*s) = LN(s)
+    for every a > 0 — two uniform cubelets of different intensity get the same token."""
+    a, b = (0.2 + 0.7 * torch.rand(2)).tolist()
+    emb = Conv3dPatchEmbed(1, 12, 4, pos_embed="none", mean_intensity=False).eval()
+    torch.nn.init.zeros_(emb.stem[-1].bias)
+    ta, tb = _uniform_tokens(emb, (a, b))
     torch.testing.assert_close(ta, tb, atol=1e-4, rtol=1e-4)
 
-    plain = Conv3dPatchEmbed(1, 12, 4, pos_embed="none").eval()
-    conv = plain.stem[-1]
-    ta, tb = _uniform_tokens(plain, (a, b))
-    s = conv.weight.sum(dim=(1, 2, 3, 4))
-    torch.testing.assert_close(ta, a * s + conv.bias, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(tb, b * s + conv.bias, atol=1e-5, rtol=1e-5)
+
+def test_mean_intensity_path_restores_it():
+    """With the mean-intensity path (default) the same two tokens differ by exactly W (a - b)."""
+    a, b = (0.2 + 0.7 * torch.rand(2)).tolist()
+    emb = Conv3dPatchEmbed(1, 12, 4, pos_embed="none").eval()
+    torch.nn.init.zeros_(emb.stem[-1].bias)
+    ta, tb = _uniform_tokens(emb, (a, b))
+    w = emb.mean_proj.weight.reshape(-1)
+    torch.testing.assert_close(ta - tb, w * (a - b), atol=1e-4, rtol=1e-4)
+
+
+def test_without_norm_token_is_affine_in_intensity():
+    a = float(torch.rand(()))
+    emb = Conv3dPatchEmbed(1, 12, 4, pos_embed="none", norm=False).eval()
+    conv, mp = emb.stem[-1], emb.mean_proj
+    (ta,) = _uniform_tokens(emb, (a,))
+    expect = a * conv.weight.sum(dim=(1, 2, 3, 4)) + conv.bias + a * mp.weight.reshape(-1) + mp.bias
+    torch.testing.assert_close(ta, expect, atol=1e-5, rtol=1e-5)
 
 
 def test_deep_stem_keeps_homogeneous_intensity():

@@ -1,4 +1,5 @@
-"""Cubelet embedding of a 3D volume: a Conv3d stem, an optional per-token norm and an optional 3D position embedding.
+"""Cubelet embedding of a 3D volume: a Conv3d stem, a per-token norm, a mean-intensity path and an optional 3D
+position embedding.
 
 The stem follows "Early Convolutions Help Transformers See Better" (Xiao et al., NeurIPS 2021): a few strided
 3x3x3 convolutions before the final patchifying convolution, instead of one large-kernel convolution. With
@@ -64,18 +65,19 @@ class Conv3dPatchEmbed(nn.Module):
         embed_dim: channels of each cubelet token.
         patch_size: cubelet edge in voxels (the total stride of the stem).
         stem_convs: number of convolutions in the stem. The first ``stem_convs - 1`` are 3x3x3 stride-2
-            convolutions (each followed by BatchNorm and GELU, as in Xiao et al., widths ramping up to
-            ``embed_dim``); the last has kernel = stride = the remaining factor. ``patch_size`` must be divisible by
-            ``2 ** (stem_convs-1)``.
+            convolutions (each followed by channel LayerNorm and GELU, widths ramping up to ``embed_dim``); the last
+            has kernel = stride = the remaining factor. ``patch_size`` must be divisible by ``2 ** (stem_convs-1)``.
         pos_embed: ``"none"``, ``"learnable"`` or ``"sincos"``.
         img_size: expected input size (D, H, W); needed for ``"learnable"`` (the table is trilinearly resized
             for other sizes).
-        norm: apply LayerNorm to the tokens. Off by default: for a single-channel scan, LayerNorm right after a
-            linear patchify is blind to the intensity of a homogeneous cubelet. A uniform cubelet of value
-            :math:`a` embeds as :math:`a\,s + b` (:math:`s` = the kernel sums, :math:`b` = the bias) and
-            :math:`\mathrm{LN}(a\,s + b) \approx \mathrm{LN}(s)` whenever :math:`|a\,s| \gg |b|`, so the inside
-            of a soft-tissue sphere looks like air and only its edges stand out (on dummy1 the softmin head then
-            picked rim cubelets; docs/model.md). The stem's intermediate norm is BatchNorm for the same reason.
+        norm: apply LayerNorm to the tokens.
+        mean_intensity: add a learned linear map of each cubelet's mean input intensity to the (normalised) token,
+            :math:`t = \mathrm{LN}(\mathrm{stem}(x)) + W \bar x + c`. Needed with ``norm`` on a scan whose
+            intensities mean something (HU): a uniform cubelet of value :math:`a` leaves a linear stem as
+            :math:`a\,s + b` (:math:`s` = kernel sums, :math:`b` = bias) and
+            :math:`\mathrm{LN}(a\,s + b) \approx \mathrm{LN}(s)` whenever :math:`|a\,s| \gg |b|`, so without
+            this path the inside of a soft-tissue sphere embeds like air and only its edges stand out (on dummy1 the
+            softmin head then picked rim cubelets; docs/model.md). Without ``norm`` it is redundant but harmless.
         min_valid_frac: fraction of real voxels a cubelet needs to be valid.
 
     Forward:
@@ -87,7 +89,7 @@ class Conv3dPatchEmbed(nn.Module):
 
     def __init__(self, in_channels: int = 1, embed_dim: int = 48, patch_size: int = 8, *, stem_convs: int = 1,
                  pos_embed: str = "sincos", img_size: tuple[int, int, int] | list[int] | None = None,
-                 norm: bool = False, min_valid_frac: float = 0.5):
+                 norm: bool = True, mean_intensity: bool = True, min_valid_frac: float = 0.5):
         super().__init__()
         if in_channels < 1 or embed_dim < 1:
             raise ValueError(f"in_channels {in_channels} and embed_dim {embed_dim} must be positive.")
@@ -121,12 +123,19 @@ class Conv3dPatchEmbed(nn.Module):
         ch = in_channels
         for i in range(stem_convs - 1):
             out = max(embed_dim // 2 ** (stem_convs - 1 - i), 8)
-            layers += [nn.Conv3d(ch, out, 3, stride=2, padding=1), nn.BatchNorm3d(out), nn.GELU()]
+            layers += [nn.Conv3d(ch, out, 3, stride=2, padding=1), LayerNormChannels3d(out), nn.GELU()]
             ch = out
         last = patch_size // down
         layers.append(nn.Conv3d(ch, embed_dim, kernel_size=last, stride=last))
         self.stem = nn.Sequential(*layers)
         self.norm = LayerNormChannels3d(embed_dim) if norm else nn.Identity()
+        if mean_intensity:
+            # O(1) per channel for inputs in [0, 1], like the LayerNorm'd token it is added to
+            self.mean_proj = nn.Conv3d(in_channels, embed_dim, kernel_size=1)
+            nn.init.normal_(self.mean_proj.weight, std=in_channels**-0.5)
+            nn.init.zeros_(self.mean_proj.bias)
+        else:
+            self.mean_proj = None
 
         if pos_embed == "learnable":
             grid = tuple(math.ceil(s / patch_size) for s in img_size)
@@ -163,7 +172,10 @@ class Conv3dPatchEmbed(nn.Module):
         if x.ndim != 5:
             raise ValueError(f"expected a (B, C, D, H, W) volume, got shape {tuple(x.shape)}.")
         spatial = tuple(x.shape[-3:])
-        x = self.norm(self.stem(self.pad(x)))
+        padded = self.pad(x)
+        x = self.norm(self.stem(padded))
+        if self.mean_proj is not None:
+            x = x + self.mean_proj(F.avg_pool3d(padded, self.patch_size))
         if self.pos_embed is not None:
             pe = self.pos_embed
             if pe.shape[-3:] != x.shape[-3:]:
