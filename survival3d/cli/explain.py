@@ -86,6 +86,8 @@ class Explain:
         parser.add_argument("--topk", type=float, default=None,
                             help="fraction of voxels for dice_topk (default: the mask fraction)")
         parser.add_argument("--no-views", action="store_true", help="skip the PNG overlays and 3D views")
+        parser.add_argument("--max-views", type=int, default=None,
+                            help="write the PNG views for the first N cases only (heatmaps and metrics: every case)")
 
     def run(self, args) -> int:
         from survival3d.explain.pipeline import explain_cases, write_leaderboard
@@ -93,6 +95,8 @@ class Explain:
         methods = parse_methods(args.methods)
         if args.max_cases is not None and args.max_cases < 1:
             raise ConfigError(f"--max-cases must be >= 1, got {args.max_cases}.")
+        if args.max_views is not None and args.max_views < 0:
+            raise ConfigError(f"--max-views must be >= 0, got {args.max_views}.")
         if args.tolerance < 0:
             raise ConfigError(f"--tolerance must be >= 0, got {args.tolerance}.")
         if args.topk is not None and not 0 < args.topk <= 1:
@@ -105,7 +109,7 @@ class Explain:
             raise InputError("no such checkpoint file or run directory", path=ckpt, field="--checkpoint")
         model, n, cases = load_cases(ckpt, manifest, args.max_cases)
         table = explain_cases(model, cases, methods, args.out, tolerance=args.tolerance, topk=args.topk,
-                              views=not args.no_views, total=n)
+                              views=not args.no_views, max_views=args.max_views, total=n)
         board = write_leaderboard(table, args.out)
         for m in board["ranking"]:
             s = board["lesion"][m]

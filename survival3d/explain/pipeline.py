@@ -79,6 +79,7 @@ def explain_cases(
     tolerance: float = 0.0,
     topk: float | None = None,
     views: bool = True,
+    max_views: int | None = None,
     progress: bool = True,
     total: int | None = None,
 ) -> pd.DataFrame:
@@ -86,7 +87,8 @@ def explain_cases(
     localisation table (one row per case × heatmap method; RGB views get files but no row).
 
     Files per case and method: ``<method>.nii.gz`` (on the source grid with the source affine when the case has a
-    source file), and with ``views``: ``<method>_overlay.png`` (three planes) and ``<method>_3d.png``.
+    source file), and with ``views``: ``<method>_overlay.png`` (three planes) and ``<method>_3d.png`` — for the
+    first ``max_views`` cases only when it is set (the PNGs cost more than the cheap explainers themselves).
     Metrics are computed in model space, where the heatmap, the lesion mask and the cubelet grid live.
     """
     from tqdm.auto import tqdm
@@ -94,7 +96,10 @@ def explain_cases(
     explainers = {m: EXPLAINERS.build(m) for m in methods}
     out_dir = Path(out_dir)
     rows = []
-    for case in tqdm(cases, desc="explain", unit="case", disable=not progress, total=total):
+    if max_views is not None and max_views < 0:
+        raise ValueError(f"max_views must be >= 0, got {max_views}.")
+    for index, case in enumerate(tqdm(cases, desc="explain", unit="case", disable=not progress, total=total)):
+        case_views = views and (max_views is None or index < max_views)
         batch = case.batch
         image = _np(batch["image"])
         mask = _np(batch.get("mask"))
@@ -120,7 +125,7 @@ def explain_cases(
             on_source = to_source_grid(heat, src_shape, src_affine=src_affine, model_affine=case.model_affine)
             save_nifti(on_source, src_affine, case_dir / f"{name}.nii.gz")
             rgb = explainer.kind == "rgb"
-            if views:
+            if case_views:
                 title = f"{case.id} · {name}"
                 plot_overlays(image, heat if rgb else heat[0], case_dir / f"{name}_overlay.png", mask=mask,
                               lung_mask=lung, affine=case.model_affine if case.model_affine is not None

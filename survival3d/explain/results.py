@@ -7,7 +7,7 @@
 
 For every entry the page gets one summary row (C-index against the oracle, the head's localisation, the best
 explainer), the full leaderboard, and the pictures that tell the story (predicted vs observed, and the overlay of
-each method on the first case with a lesion), copied next to the page under ``<out stem>/<label>/``.
+each method on the first case with a lesion that has overlays), copied next to the page under ``<out stem>/<label>/``.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ def results_markdown(entries: Sequence[tuple[str, Path, Path]], out: Path, *, ti
             lines += [f"![{label}: predicted vs observed]({os.path.relpath(fig, out.parent)})", ""]
         table = pd.read_csv(explain_dir / "localisation.csv")
         lesion_cases = table.loc[table["has_lesion"].astype(bool), "case_id"].astype(str).unique()
-        if len(lesion_cases):
-            case = lesion_cases[0]
+        with_views = [c for c in lesion_cases if any((explain_dir / "cases" / safe_name(c)).glob("*_overlay.png"))]
+        if with_views:
+            case = with_views[0]
             lines += [f"Overlays on case `{case}` (lesion contour in lime):", ""]
             for method in board["ranking"]:
                 png = _copy(explain_dir / "cases" / safe_name(case) / f"{method}_overlay.png",

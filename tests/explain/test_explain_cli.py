@@ -119,6 +119,22 @@ def test_explain_cli_writes_everything(fake_glue):
     assert "results/dummy1/head_overlay.png" in text
 
 
+def test_max_views_limits_pngs_not_metrics(fake_glue):
+    tmp, sources = fake_glue
+    out = tmp / "out_mv"
+    rc = main(["explain", "--checkpoint", str(tmp / "model.pt"), "--data", str(tmp / "manifest.csv"), "--out",
+               str(out), "--methods", "head", "--max-cases", "3", "--max-views", "1"])
+    assert rc == 0
+    assert len(pd.read_csv(out / "localisation.csv")) == 3
+    ids = list(sources)[:3]
+    assert (out / "cases" / ids[0] / "head_overlay.png").is_file()
+    for cid in ids[1:]:
+        assert (out / "cases" / cid / "head.nii.gz").is_file()
+        assert not list((out / "cases" / cid).glob("*.png"))
+    assert main(["explain", "--checkpoint", str(tmp / "model.pt"), "--data", str(tmp / "manifest.csv"), "--out",
+                 str(tmp / "o2"), "--max-views", "-1"]) == 2
+
+
 def test_explain_cli_rejects_unknown_method_and_missing_manifest(fake_glue, capsys):
     tmp, _ = fake_glue
     args = ["explain", "--checkpoint", str(tmp / "model.pt"), "--out", str(tmp / "o")]
