@@ -19,7 +19,7 @@ RUN_PATTERN=${RUN_PATTERN:-"$WORK/runs/dummy{L}"}
 N_TEST=${N_TEST:-100}
 MAX_CASES=${MAX_CASES:-40}
 MAX_VIEWS=${MAX_VIEWS:-4}
-METHODS=${METHODS:-"head,head_loc,gradcam,gradcam_embed,gradcampp,gradcampp_embed,polycam,occlusion,feature_pca_embed,feature_pca_tokens"}
+METHODS=${METHODS:-"head,head_grid,head_loc,gradcam,gradcam_embed,gradcampp,gradcampp_embed,polycam,occlusion,feature_pca_embed,feature_pca_tokens"}
 entries=()
 for L in $LEVELS; do
   name="dummy${L}"

@@ -16,7 +16,7 @@ from survival3d.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = "head,gradcam,gradcampp,polycam,occlusion"
+DEFAULT_METHODS = "head,head_grid,gradcam,gradcampp,polycam,occlusion"
 
 
 def parse_methods(text: str) -> list[str]:

@@ -8,6 +8,7 @@ from evalx_standin import TinySurvivalModel, sphere_case
 from survival3d.errors import ConfigError
 from survival3d.explain import EXPLAINERS, Unsupported, cubelets_to_image, localisation_metrics
 from survival3d.explain.cam import gradcam_weights, gradcampp_weights
+from survival3d.explain.head import grid_offsets
 
 FAST = {"occlusion": {"mask_size": 8, "overlap": 0.0}}  # 8 occlusions instead of 27 on 16^3
 
@@ -49,9 +50,38 @@ def test_head_p_keeps_its_mass_and_zeroes_invalid_cubelets(model):
     b = sphere_case(size=16)
     b["lung_mask"] = torch.zeros_like(b["lung_mask"])
     b["lung_mask"][..., :8] = 1  # only half the cubelets are valid
-    h = EXPLAINERS.build("head")(model, b)[0, 0]
+    h = EXPLAINERS.build("head_grid")(model, b)[0, 0]
     assert h[..., 8:].abs().sum() == 0
     assert float(h.sum()) == pytest.approx(4**3, rel=1e-4)  # p sums to 1; each cubelet fills 4^3 voxels
+
+
+def test_grid_offsets():
+    assert grid_offsets(4, 4) == [0, 1, 2, 3]
+    assert grid_offsets(16, 4) == [0, 4, 8, 12]
+    assert grid_offsets(2, 4) == [0, 1]
+    assert grid_offsets(8, 1) == [0]
+    with pytest.raises(ValueError):
+        grid_offsets(4, 0)
+
+
+def test_one_shift_is_the_grid_map(model):
+    b = sphere_case(size=16)
+    torch.testing.assert_close(EXPLAINERS.build({"name": "head", "shifts": 1})(model, b),
+                               EXPLAINERS.build("head_grid")(model, b))
+
+
+def test_shift_averaged_head_peaks_near_an_unaligned_sphere_centre(model, rng):
+    """Anywhere relative to the cubelet grid, the shift-averaged p map peaks inside the sphere, near its centre,
+    while the single-grid map can only point at the centre of whichever cubelet wins."""
+    for _ in range(4):
+        centre = rng.uniform(5.0, 11.0, 3)
+        b = sphere_case(size=16, centre=tuple(centre))
+        mask = b["mask"][0, 0].numpy()
+        h = EXPLAINERS.build("head")(model, b)[0, 0].numpy()
+        m = localisation_metrics(h, mask, patch_size=4)
+        assert m["pointing_game"] == 1.0
+        peak = np.array(np.unravel_index(h.argmax(), h.shape))
+        assert np.linalg.norm(peak - centre) <= 2.0
 
 
 def test_cubelets_to_image_nearest_is_block_aligned_and_crops_padding():
