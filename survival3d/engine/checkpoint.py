@@ -86,13 +86,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def find_checkpoint(path_or_run_dir: str | os.PathLike, prefer: str = "best") -> Path:
-    """``path`` itself if it is a file, else ``<run>/checkpoints/{prefer}.pt`` (falling back to the other one)."""
+def run_final(run_dir: str | os.PathLike) -> str:
+    """The checkpoint a run reports, ``"last"`` or ``"best"``: its ``train.final`` (from ``config.yaml``; the
+    schema default ``"last"`` when the file or key is missing)."""
+    import yaml
+
+    cfg_path = Path(run_dir) / "config.yaml"
+    final = "last"
+    if cfg_path.is_file():
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"unreadable run config: {e}", path=cfg_path) from None
+        final = ((cfg.get("train") or {}).get("final")) or "last"
+    if final not in ("last", "best"):
+        raise InputError(f"train.final must be 'last' or 'best', got {final!r}.", path=cfg_path, field="train.final")
+    return final
+
+
+def find_checkpoint(path_or_run_dir: str | os.PathLike, prefer: str | None = None) -> Path:
+    """``path`` itself if it is a file, else ``<run>/checkpoints/{prefer}.pt`` (falling back to the other one).
+
+    ``prefer=None`` picks the checkpoint the run reported (its ``train.final``; see :func:`run_final`), so that
+    ``evaluate``/``explain`` on a run folder judge the same model as its ``final_metrics.json``.
+    """
     p = Path(path_or_run_dir)
     if p.is_file():
         return p
     if not p.is_dir():
         raise InputError("no such checkpoint file or run folder.", path=p)
+    if prefer is None:
+        prefer = run_final(p)
     order = [prefer, "last" if prefer == "best" else "best"]
     for name in order:
         cand = p / "checkpoints" / f"{name}.pt"
@@ -168,13 +192,13 @@ def config_from_checkpoint(state: dict[str, Any]):
     return cfg
 
 
-def load_trained(path_or_run_dir: str | os.PathLike, device: str | torch.device = "cpu", *, prefer: str = "best", components=None) -> TrainedModel:
+def load_trained(path_or_run_dir: str | os.PathLike, device: str | torch.device = "cpu", *, prefer: str | None = None, components=None) -> TrainedModel:
     """Rebuild the model (and loss, covariate encoder, config) of a run in a single process.
 
     Args:
         path_or_run_dir: a ``.pt`` file or a run folder (``runs/<name>`` or ``runs/<name>/fold{k}``).
         device: where to put the model.
-        prefer: ``best`` or ``last`` when given a run folder.
+        prefer: ``best`` or ``last`` when given a run folder; ``None``: the one the run reported (``train.final``).
         components: a :class:`~survival3d.engine.components.Components` to build with (default: the project's).
     """
     from survival3d.data.covariates import CovariateEncoder

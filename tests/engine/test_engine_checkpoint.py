@@ -67,3 +67,17 @@ def test_bad_checkpoint_files(tmp_path):
     (run / "fold0").mkdir(parents=True)
     with pytest.raises(InputError, match="cross-validation run.*fold0"):
         ck.find_checkpoint(run)
+
+
+@pytest.mark.parametrize("final", ["last", "best", None])
+def test_run_folder_resolves_to_the_checkpoint_the_run_reported(tmp_path, final):
+    run = tmp_path / "run"
+    for name in ("best", "last"):
+        ck.save_checkpoint(run / "checkpoints" / f"{name}.pt", epoch=0)
+    if final is not None:
+        (run / "config.yaml").write_text(f"train:\n  final: {final}\n")
+    assert ck.find_checkpoint(run).name == f"{final or 'last'}.pt"
+    assert ck.find_checkpoint(run, "best").name == "best.pt"  # an explicit choice wins
+    (run / "config.yaml").write_text("train:\n  final: worst\n")
+    with pytest.raises(InputError, match="train.final"):
+        ck.find_checkpoint(run)
