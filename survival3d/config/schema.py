@@ -97,6 +97,7 @@ class ModelConfig:
     embed_dim: int = 48
     embed_norm: bool = True  # LayerNorm on the cubelet tokens
     embed_mean_intensity: bool = True  # add each cubelet's mean intensity back after the LN (docs/model.md)
+    embed_std_intensity: bool = False  # ... and its intensity sd (texture amplitude; needed for dummy4)
     pos_embed: str = "sincos"  # none | learnable | sincos
     img_size: Optional[list[int]] = None  # for pos_embed=learnable; None -> data.image_size
     depth: int = 2

@@ -28,7 +28,8 @@ class SurvivalNet3D(nn.Module):
 
     Args:
         in_channels, patch_size, stem_convs, embed_dim, pos_embed, img_size: see :class:`Conv3dPatchEmbed`;
-            ``embed_norm`` and ``embed_mean_intensity`` are its ``norm`` and ``mean_intensity``.
+            ``embed_norm``, ``embed_mean_intensity`` and ``embed_std_intensity`` are its ``norm``,
+            ``mean_intensity`` and ``std_intensity``.
         depth, num_heads, window_size, shift, rel_pos_bias, mlp_ratio, qkv_bias, drop_path, attn_drop, drop,
             film, film_hidden, global_residual, use_checkpoint, max_windows_per_call: see
             :class:`WindowTransformer3D`.
@@ -47,7 +48,8 @@ class SurvivalNet3D(nn.Module):
     """
 
     def __init__(self, *, in_channels: int = 1, patch_size: int = 4, stem_convs: int = 1, embed_dim: int = 48,
-                 embed_norm: bool = True, embed_mean_intensity: bool = True, pos_embed: str = "sincos", img_size: Sequence[int] | None = None, depth: int = 2,
+                 embed_norm: bool = True, embed_mean_intensity: bool = True,
+                 embed_std_intensity: bool = False, pos_embed: str = "sincos", img_size: Sequence[int] | None = None, depth: int = 2,
                  num_heads: int = 3, window_size: int = 4, shift: bool = True, rel_pos_bias: bool = True,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path: float = 0.0, attn_drop: float = 0.0,
                  drop: float = 0.0, film: bool = True, film_hidden: int = 64, global_residual: bool = True,
@@ -59,6 +61,7 @@ class SurvivalNet3D(nn.Module):
         self.patch_size = int(patch_size)
         self.embed = Conv3dPatchEmbed(in_channels, embed_dim, patch_size, stem_convs=stem_convs, pos_embed=pos_embed,
                                       norm=embed_norm, mean_intensity=embed_mean_intensity,
+                                      std_intensity=embed_std_intensity,
                                       img_size=img_size)
         self.transformer = WindowTransformer3D(
             embed_dim, depth, num_heads, window_size, shift=shift, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,

@@ -119,3 +119,17 @@ def test_deep_stem_keeps_homogeneous_intensity():
     emb = Conv3dPatchEmbed(1, 12, 4, stem_convs=2, pos_embed="none").eval()
     ta, tb = _uniform_tokens(emb, (0.2, 0.9))
     assert (ta - tb).abs().max() > 1e-2
+
+
+def test_std_intensity_path_is_the_cubelet_sd():
+    """With the stem zeroed, the token is exactly W * sd(cubelet) + c (population sd over the cubelet's voxels)."""
+    emb = Conv3dPatchEmbed(1, 12, 4, pos_embed="none", norm=False, mean_intensity=False, std_intensity=True).eval()
+    torch.nn.init.zeros_(emb.stem[-1].weight)
+    torch.nn.init.zeros_(emb.stem[-1].bias)
+    x = torch.rand(1, 1, 8, 8, 8) * torch.rand(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        tokens, _ = emb(x)
+    sd = x.reshape(2, 4, 2, 4, 2, 4).permute(0, 2, 4, 1, 3, 5).reshape(2, 2, 2, 64).std(-1, unbiased=False)
+    w, c = emb.std_proj.weight.reshape(-1), emb.std_proj.bias
+    expect = w[:, None, None, None] * sd[None] + c[:, None, None, None]
+    torch.testing.assert_close(tokens[0], expect, atol=1e-4, rtol=1e-4)

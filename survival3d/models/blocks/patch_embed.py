@@ -78,6 +78,9 @@ class Conv3dPatchEmbed(nn.Module):
             :math:`\mathrm{LN}(a\,s + b) \approx \mathrm{LN}(s)` whenever :math:`|a\,s| \gg |b|`, so without
             this path the inside of a soft-tissue sphere embeds like air and only its edges stand out (on dummy1 the
             softmin head then picked rim cubelets; docs/model.md). Without ``norm`` it is redundant but harmless.
+        std_intensity: likewise add a learned linear map of each cubelet's intensity standard deviation. The token
+            LayerNorm also removes the token's scale, which for a zero-mean texture is its amplitude: a lesion that
+            differs from its surround only by texture (dummy4) is invisible without this path. Off by default.
         min_valid_frac: fraction of real voxels a cubelet needs to be valid.
 
     Forward:
@@ -89,7 +92,8 @@ class Conv3dPatchEmbed(nn.Module):
 
     def __init__(self, in_channels: int = 1, embed_dim: int = 48, patch_size: int = 8, *, stem_convs: int = 1,
                  pos_embed: str = "sincos", img_size: tuple[int, int, int] | list[int] | None = None,
-                 norm: bool = True, mean_intensity: bool = True, min_valid_frac: float = 0.5):
+                 norm: bool = True, mean_intensity: bool = True, std_intensity: bool = False,
+                 min_valid_frac: float = 0.5):
         super().__init__()
         if in_channels < 1 or embed_dim < 1:
             raise ValueError(f"in_channels {in_channels} and embed_dim {embed_dim} must be positive.")
@@ -136,6 +140,13 @@ class Conv3dPatchEmbed(nn.Module):
             nn.init.zeros_(self.mean_proj.bias)
         else:
             self.mean_proj = None
+        if std_intensity:
+            # texture amplitudes of normalised CT are ~0.01-0.1: a larger init keeps this term O(1) like the others
+            self.std_proj = nn.Conv3d(in_channels, embed_dim, kernel_size=1)
+            nn.init.normal_(self.std_proj.weight, std=10.0 * in_channels**-0.5)
+            nn.init.zeros_(self.std_proj.bias)
+        else:
+            self.std_proj = None
 
         if pos_embed == "learnable":
             grid = tuple(math.ceil(s / patch_size) for s in img_size)
@@ -174,8 +185,13 @@ class Conv3dPatchEmbed(nn.Module):
         spatial = tuple(x.shape[-3:])
         padded = self.pad(x)
         x = self.norm(self.stem(padded))
-        if self.mean_proj is not None:
-            x = x + self.mean_proj(F.avg_pool3d(padded, self.patch_size))
+        if self.mean_proj is not None or self.std_proj is not None:
+            mean = F.avg_pool3d(padded, self.patch_size)
+            if self.mean_proj is not None:
+                x = x + self.mean_proj(mean)
+            if self.std_proj is not None:
+                var = F.avg_pool3d(padded.square(), self.patch_size) - mean.square()
+                x = x + self.std_proj(var.clamp_min(0.0).add(1e-12).sqrt())
         if self.pos_embed is not None:
             pe = self.pos_embed
             if pe.shape[-3:] != x.shape[-3:]:
