@@ -89,11 +89,15 @@ class HeadMap(Explainer):
         kw = model_inputs(model, batch)
         image = kw["image"]
         shape = image.shape[2:]
-        out = model(**kw)
-        first = self._map(out)
-        ps = patch_size_of(model, shape, first.shape[2:])
+        ps = getattr(model, "patch_size", None)
+        single = None
+        if self.shifts == 1 or ps is None:  # the single pass; without model.patch_size it is inferred from it
+            single = self._map(model(**kw))
+            ps = patch_size_of(model, shape, single.shape[2:])
         if self.shifts == 1 or ps is None or ps == 1:
-            return cubelets_to_image(first, shape, ps, self.mode).cpu()
+            single = self._map(model(**kw)) if single is None else single
+            return cubelets_to_image(single, shape, ps, self.mode).cpu()
+        ps = int(ps)
         offsets = grid_offsets(ps, self.shifts)
         total = torch.zeros(image.shape[0], 1, *shape, device=image.device)
         count = 0
