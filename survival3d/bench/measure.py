@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from survival3d.device import resolve_device
+from survival3d.runtime import autocast, resolve_device
 
 __all__ = [
     "resolve_device",
@@ -65,11 +65,6 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``amp``; a no-op otherwise (CPU benchmarks run in fp32)."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def time_calls(fn: Callable[[], object], *, steps: int, warmup: int, device: torch.device) -> list[float]:

@@ -48,17 +48,9 @@ class DistInfo:
 
 def select_device(preference: str, info: DistInfo) -> torch.device:
     """``train.device``: ``auto`` = the local rank's GPU when CUDA is available, else the CPU."""
-    if preference == "auto":
-        return torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(preference)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            from survival3d.errors import ConfigError
+    from survival3d.runtime import resolve_device
 
-            raise ConfigError(f"train.device={preference} but CUDA is not available (use train.device=cpu or auto).")
-        if info.enabled and device.index is None:
-            device = torch.device("cuda", info.local_rank)
-    return device
+    return resolve_device(preference, key="train.device", local_rank=info.local_rank if (info.enabled or preference == "auto") else None)
 
 
 def init_distributed(device_preference: str = "auto") -> DistInfo:

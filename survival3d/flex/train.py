@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from survival3d.device import resolve_device
+from survival3d.runtime import resolve_device
 from survival3d.io import atomic_path, atomic_write
 from survival3d.config import save_config
 from survival3d.errors import ConfigError

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from survival3d.device import resolve_device
+from survival3d.runtime import resolve_device
 from survival3d.io import atomic_path
 from survival3d.config import save_config
 from survival3d.errors import ConfigError
