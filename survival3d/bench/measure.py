@@ -15,7 +15,6 @@ on CPU this is a lower bound. Where it is not possible (not Linux, no permission
 
 from __future__ import annotations
 
-import contextlib
 import re
 import statistics
 import time
