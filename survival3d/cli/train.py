@@ -74,7 +74,7 @@ class TrainCommand:
 
         from survival3d.engine.distributed import shutdown_distributed
         from survival3d.engine.experiment import run_dir_of, run_experiment
-        from survival3d.engine.trainer import NonFiniteLossError
+        from survival3d.engine.loop import NonFiniteLossError
 
         try:
             result = run_experiment(cfg, resume=bool(args.resume))

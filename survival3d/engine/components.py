@@ -1,26 +1,26 @@
-"""The parts of an experiment the engine builds but does not own: the model, the loss and the dummy generator.
+"""The parts of a survival experiment the engine builds but does not own: the model, the loss and the dummy
+generator.
 
-By default they come from :func:`survival3d.models.build_model`, :func:`survival3d.losses.build_loss` and
-:func:`survival3d.data.dummy.generate_case`, imported when first needed. Passing other callables (same signatures)
-swaps them, e.g. a research prototype or a tiny model in a test.
+By default they are the project's own builders, called directly: :func:`survival3d.models.build_model`,
+:func:`survival3d.losses.build_loss` and :func:`survival3d.data.dummy.generate_case`. Passing other callables (same
+signatures) swaps them, e.g. a research prototype or a tiny model in a test.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from survival3d.data.dummy import generate_case as _generate_case
+from survival3d.losses import build_loss as _build_loss
+from survival3d.models import build_model as _build_model
 
 __all__ = ["Components"]
 
 
-def _import(module: str, name: str) -> Callable:
-    return getattr(importlib.import_module(module), name)
-
-
 @dataclass(frozen=True)
 class Components:
-    """Factories used by the engine.
+    """Factories used by the engine (``None`` = the project's).
 
     Attributes:
         build_model: ``(cfg, covariate_spec) -> nn.Module`` returning a ``SurvivalOutput``.
@@ -33,10 +33,10 @@ class Components:
     generate_case: Callable | None = None
 
     def model(self, cfg, covariate_spec):
-        return (self.build_model or _import("survival3d.models", "build_model"))(cfg, covariate_spec)
+        return (self.build_model or _build_model)(cfg, covariate_spec)
 
     def loss(self, loss_cfg):
-        return (self.build_loss or _import("survival3d.losses", "build_loss"))(loss_cfg)
+        return (self.build_loss or _build_loss)(loss_cfg)
 
     def case_generator(self) -> Callable:
-        return self.generate_case or _import("survival3d.data.dummy", "generate_case")
+        return self.generate_case or _generate_case

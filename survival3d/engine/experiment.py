@@ -1,4 +1,5 @@
-"""An experiment: cases → patient-level split(s) → one :class:`~survival3d.engine.trainer.Trainer` per split.
+"""An experiment: cases → patient-level split(s) → one :class:`~survival3d.engine.survival_task.SurvivalTask` per
+split, each trained by the one :class:`~survival3d.engine.loop.Engine`.
 
 ``cv.folds = 1`` trains one split into ``runs/<name>/``; ``cv.folds = k`` trains every fold into
 ``runs/<name>/fold{i}/`` and writes ``runs/<name>/cv_metrics.json`` (per-fold metrics, mean and sample sd).
@@ -24,7 +25,7 @@ from survival3d.data.datasets import load_cases
 from survival3d.data.splits import kfold_splits, train_val_split
 from survival3d.engine.components import Components
 from survival3d.engine.distributed import DistInfo, init_distributed
-from survival3d.engine.trainer import Trainer
+from survival3d.engine.survival_task import train_split
 from survival3d.errors import ConfigError, InputError
 
 __all__ = ["run_experiment", "make_splits", "aggregate_folds", "run_dir_of"]
@@ -109,7 +110,7 @@ def run_experiment(cfg, *, resume: bool = False, components: Components | None =
         cfg: the experiment config.
         resume: continue an existing ``runs/<name>`` from its ``last.pt`` checkpoints (finished folds are kept).
         components: model/loss/dummy factories (default: the project's).
-        callbacks: passed to every :class:`Trainer`.
+        callbacks: passed to every split's :class:`~survival3d.engine.loop.Engine`.
         dist: process-group position; default: joined from the ``torchrun`` environment.
     """
     components = components or Components()
@@ -122,7 +123,7 @@ def run_experiment(cfg, *, resume: bool = False, components: Components | None =
     splits = _splits_for_run(cfg, cases, run_dir, resume, info)
     folds = int(cfg.cv.folds)
     if folds == 1:
-        return Trainer(cfg, run_dir, cases, splits[0], components=components, dist=info, callbacks=callbacks).fit(resume)
+        return train_split(cfg, run_dir, cases, splits[0], components=components, dist=info, callbacks=callbacks, resume=resume)
 
     selected = range(folds) if cfg.cv.fold is None else [int(cfg.cv.fold)]
     if any(not 0 <= k < folds for k in selected):
@@ -134,7 +135,7 @@ def run_experiment(cfg, *, resume: bool = False, components: Components | None =
             log.info("fold %d already finished (%s)", k, done)
             continue
         log.info("fold %d/%d", k + 1, folds)
-        Trainer(cfg, fold_dir, cases, splits[k], components=components, dist=info, callbacks=callbacks).fit(resume)
+        train_split(cfg, fold_dir, cases, splits[k], components=components, dist=info, callbacks=callbacks, resume=resume)
     results = []
     for k in range(folds):
         p = run_dir / f"fold{k}" / "final_metrics.json"

@@ -17,7 +17,8 @@ from survival3d.engine.checkpoint import load_checkpoint, load_trained
 from survival3d.engine.components import Components
 from survival3d.data.datasets import load_cases
 from survival3d.engine.experiment import run_experiment
-from survival3d.engine.trainer import NonFiniteLossError, warmup_cosine
+from survival3d.engine.loop import NonFiniteLossError
+from survival3d.engine.optim import warmup_cosine
 from survival3d.errors import ConfigError
 
 
@@ -158,10 +159,13 @@ def test_kfold_writes_folds_and_aggregate(tiny_cfg, components):
 
 
 def test_early_stopping_and_config_checks(tiny_cfg, components):
-    cfg = tiny_cfg("train.epochs=6", "train.patience=1", "optim.lr=0.0", "train.early_stop_metric=val_loss",
+    # lr 1e-30 moves no float32 weight: nothing can improve, so training stops after patience=1 validation
+    cfg = tiny_cfg("train.epochs=6", "train.patience=1", "optim.lr=1e-30", "train.early_stop_metric=val_loss",
                    "train.early_stop_mode=min", "train.heatmap=false")
     fm = run_experiment(cfg, components=components)
-    assert fm["stopped_early"] and fm["epochs"] == 2 and fm["best_epoch"] == 1  # nothing can improve at lr 0
+    assert fm["stopped_early"] and fm["epochs"] == 2 and fm["best_epoch"] == 1
+    with pytest.raises(ConfigError, match="optim.lr must be a positive number, got 0.0"):
+        run_experiment(tiny_cfg("optim.lr=0.0", name="lr0"), components=components)
     other = Path(cfg.out_dir) / "not_a_run"
     (other / "keep.txt").parent.mkdir(parents=True)
     (other / "keep.txt").write_text("precious")

@@ -1,0 +1,263 @@
+"""The 3D survival model as a task on the one engine (:mod:`survival3d.engine.loop`): one train/validation split.
+
+One split owns one run folder (``runs/<name>`` or ``runs/<name>/fold{k}``)::
+
+    config.yaml           resolved config (written by the experiment)
+    metrics.csv           one row per epoch: lr, train loss, data-wait fraction, validation metrics
+    checkpoints/last.pt   every epoch (atomic): model, loss, optimiser, scheduler, RNG states, encoder, split...
+    checkpoints/best.pt   the epoch with the best ``train.early_stop_metric``
+    predictions.csv       id,time,event,pred_time,risk[,expected_time] of the final model on validation
+    final_metrics.json    c_index, mae_uncensored, mae_censored, val_loss[, c_index_oracle], epochs, time...
+    wandb/                offline wandb run (``logging.wandb``)
+
+The task fits the covariate encoder on the training split, builds the datasets, loaders, model and loss (through
+:class:`~survival3d.engine.components.Components`), and defines the step (the censoring-aware loss of the model's
+output) and the validation (predictions gathered from every rank → :func:`survival_metrics`). Everything else —
+AdamW with warm-up + cosine, clipping, bf16 on CUDA, checkpoints, exact resume, early stopping, DDP, logging — is the
+engine's. Augmentation is seeded per (epoch, case), so ``--resume`` after a crash continues exactly as the
+uninterrupted run would have (on CPU; GPU kernels may be non-deterministic unless ``train.deterministic``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from survival3d.data.covariates import CovariateEncoder
+from survival3d.data.datasets import Cases, build_dataset, collate_cases
+from survival3d.engine.components import Components
+from survival3d.engine.distributed import DistInfo, ShardSampler, all_gather_objects
+from survival3d.engine.inference import forward, predict_arrays, predictions_frame
+from survival3d.engine.loop import Engine, EngineSettings, Task
+from survival3d.engine.validation import METRIC_MODES, survival_metrics
+from survival3d.errors import ConfigError, InputError
+from survival3d.io import atomic_write
+from survival3d.registry import did_you_mean
+from survival3d.runtime import autocast
+
+__all__ = ["SurvivalTask", "train_split", "METRICS_COLUMNS"]
+
+log = logging.getLogger(__name__)
+
+METRICS_COLUMNS = (
+    "epoch", "step", "lr", "train_loss", "train_nll", "data_wait_frac", "epoch_time_s",
+    "val_loss", "c_index", "c_index_oracle", "mae_uncensored", "mae_censored",
+)
+
+
+class _ModelAndLoss(torch.nn.Module):
+    """Model + loss in one module, so DDP synchronises the loss's parameters (e.g. a learnable variance) too."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, amp: bool):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.amp = amp
+
+    def forward(self, batch: dict[str, Any]):
+        out = forward(self.model, batch, amp=self.amp)
+        with autocast(batch["image"].device, self.amp):
+            return self.loss_fn(out, batch["time"], batch["event"])
+
+
+def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def check_train_config(cfg) -> None:
+    """One-line errors for ``train.*`` values the survival task cannot use."""
+    t = cfg.train
+    if t.early_stop_metric not in METRIC_MODES:
+        raise ConfigError(f"train.early_stop_metric '{t.early_stop_metric}' is not a validation metric."
+                          f"{did_you_mean(t.early_stop_metric, METRIC_MODES)} Valid: {', '.join(METRIC_MODES)}.")
+    if t.early_stop_mode not in ("max", "min"):
+        raise ConfigError(f"train.early_stop_mode must be 'max' or 'min', got '{t.early_stop_mode}'.")
+    if t.final not in ("best", "last"):
+        raise ConfigError(f"train.final must be 'best' or 'last', got '{t.final}'.")
+    for key, val, lo in (("train.epochs", t.epochs, 1), ("train.val_every", t.val_every, 1),
+                         ("data.batch_size", cfg.data.batch_size, 1), ("logging.log_every", cfg.logging.log_every, 1)):
+        if int(val) < lo:
+            raise ConfigError(f"{key} must be >= {lo}, got {val}.")
+
+
+def engine_settings(cfg, run_dir: Path) -> EngineSettings:
+    """The engine's settings for a survival experiment config."""
+    t, o, lg = cfg.train, cfg.optim, cfg.logging
+    wandb = None
+    if lg.wandb and lg.wandb_mode != "disabled":
+        wandb = {"mode": lg.wandb_mode, "project": lg.project,
+                 "name": f"{cfg.name}{'' if run_dir.name == cfg.name else '/' + run_dir.name}",
+                 "config": OmegaConf.to_container(cfg, resolve=True)}
+    return EngineSettings(
+        epochs=int(t.epochs), seed=int(t.seed), deterministic=bool(t.deterministic), device=t.device,
+        optimizer={"name": "adamw", "lr": float(o.lr), "betas": tuple(o.betas), "eps": float(o.eps), "fused": bool(o.fused)},
+        scheduler={"name": "warmup_cosine", "min_lr": float(o.min_lr)}, warmup_epochs=float(o.warmup_epochs),
+        grad_clip=float(o.grad_clip), val_every=int(t.val_every), monitor=t.early_stop_metric, mode=t.early_stop_mode,
+        patience=int(t.patience), metrics_columns=METRICS_COLUMNS, log_every=int(lg.log_every),
+        progress=bool(lg.progress), wandb=wandb)
+
+
+class SurvivalTask(Task):
+    """Train and validate a survival model on one split.
+
+    Args:
+        cfg: the experiment config (``survival3d.config.schema.ExperimentConfig``).
+        cases: all cases of the experiment.
+        split: ``{"train": ids, "val": ids}``.
+        components: model/loss factories (default: the project's).
+    """
+
+    def __init__(self, cfg, cases: Cases, split: dict[str, list[str]], *, components: Components | None = None):
+        self.cfg = cfg
+        self.cases = cases
+        self.split = {"train": [str(i) for i in split["train"]], "val": [str(i) for i in split["val"]]}
+        self.components = components or Components()
+        self.ddp_find_unused = bool(cfg.train.ddp_find_unused)
+        check_train_config(cfg)
+        if not self.split["train"] or not self.split["val"]:
+            raise ConfigError(f"empty split: {len(self.split['train'])} training and {len(self.split['val'])} validation cases.")
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, engine: Engine, state: dict[str, Any] | None) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        self.device = engine.device
+        self.amp = bool(t.amp) and self.device.type == "cuda"
+        if state is not None and state.get("split") != self.split:
+            raise InputError("the checkpoint was trained on a different train/validation split than this run's splits.json.",
+                             path=engine.ckpt_dir / "last.pt", field="split")
+        if state is not None:
+            self.encoder = CovariateEncoder.from_state(state["covariate_encoder"])
+        else:
+            self.encoder = CovariateEncoder(list(cfg.data.covariates.numeric), list(cfg.data.covariates.categorical))
+            self.encoder.fit(self.cases.subset(self.split["train"]), source=self.cases.source)
+        self.train_ds = build_dataset(self.cases, self.split["train"], self.encoder, cfg.data, train=True, seed=int(t.seed))
+        self.val_ds = build_dataset(self.cases, self.split["val"], self.encoder, cfg.data, train=False)
+
+        self.model = self.components.model(cfg, self.encoder.spec).to(self.device)
+        self.loss_fn = self.components.loss(cfg.loss).to(self.device)
+        step_model = torch.compile(self.model) if t.compile else self.model
+        self.module = _ModelAndLoss(step_model, self.loss_fn, self.amp)
+        self._make_loaders(engine)
+
+    def _make_loaders(self, engine: Engine) -> None:
+        cfg, dist = self.cfg, engine.dist
+        loader_kind = cfg.data.loader
+        if loader_kind == "auto":
+            loader_kind = "thread" if cfg.data.cache_device != "cpu" else "torch"
+        if loader_kind not in ("torch", "thread"):
+            raise ConfigError(f"data.loader must be auto, torch or thread, got '{cfg.data.loader}'.")
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        self.train_sampler = DistributedSampler(self.train_ds, num_replicas=dist.world_size, rank=dist.rank,
+                                                shuffle=True, seed=int(cfg.train.seed), drop_last=False)
+        val_sampler = ShardSampler(len(self.val_ds), dist)
+        workers = int(cfg.data.num_workers)
+        common = dict(batch_size=int(cfg.data.batch_size), collate_fn=collate_cases)
+        if loader_kind == "thread":
+            from monai.data import ThreadDataLoader
+
+            self.train_loader = ThreadDataLoader(self.train_ds, sampler=self.train_sampler, num_workers=workers, **common)
+            self.val_loader = ThreadDataLoader(self.val_ds, sampler=val_sampler, num_workers=workers, **common)
+        else:
+            pin = self.device.type == "cuda" and cfg.data.cache_device == "cpu"
+            extra = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+            self.train_loader = DataLoader(self.train_ds, sampler=self.train_sampler, **common, **extra)
+            self.val_loader = DataLoader(self.val_ds, sampler=val_sampler, **common, **extra)
+
+    def param_groups(self, engine: Engine) -> list:
+        from survival3d.engine.optim import decay_groups
+
+        return decay_groups(list(self.model.parameters()) + list(self.loss_fn.parameters()), float(self.cfg.optim.weight_decay))
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"covariate_encoder": self.encoder.state_dict(), "config": OmegaConf.to_container(self.cfg, resolve=True),
+                "split": self.split}
+
+    def weights(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "loss": self.loss_fn.state_dict()}
+
+    def load_weights(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if state.get("loss"):
+            self.loss_fn.load_state_dict(state["loss"])
+
+    # ------------------------------------------------------------------ step and validation
+    def on_epoch_start(self, engine: Engine, epoch: int) -> None:
+        self.train_ds.set_epoch(epoch)
+
+    def training_step(self, module: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        losses = module(batch)
+        loss = losses["loss"]
+        n = batch["image"].shape[0]
+        return {"loss": loss, "n": n, "nll": losses.get("nll", loss).detach().double() * n}
+
+    def validate(self, engine: Engine, epoch: int | None = None) -> dict[str, float]:
+        return self.validation_arrays(engine)[0]
+
+    def validation_arrays(self, engine: Engine) -> tuple[dict[str, float], dict[str, Any]]:
+        """Metrics over the whole validation set (predictions gathered from every rank) and the prediction arrays."""
+        local = predict_arrays(self.model, self.val_loader, self.device, amp=self.amp, loss_fn=self.loss_fn)
+        parts = all_gather_objects(local, engine.dist)
+        arrays: dict[str, Any] = {"id": [i for p in parts for i in p["id"]]}
+        for key in ("time", "event", "pred_time", "risk", "expected_time"):
+            if all(key in p for p in parts):
+                arrays[key] = np.concatenate([p[key] for p in parts])
+        arrays["loss_sum"] = sum(p["loss_sum"] for p in parts)
+        arrays["n"] = sum(p["n"] for p in parts)
+        order = {cid: k for k, cid in enumerate(self.split["val"])}
+        perm = np.argsort([order[c] for c in arrays["id"]], kind="stable")
+        arrays["id"] = [arrays["id"][k] for k in perm]
+        for key in ("time", "event", "pred_time", "risk", "expected_time"):
+            if key in arrays:
+                arrays[key] = arrays[key][perm]
+        return survival_metrics(arrays), arrays
+
+    # ------------------------------------------------------------------ outputs
+    def finish(self, engine: Engine) -> dict[str, Any]:
+        """Validate the final model (``train.final``), write predictions and metrics (and the heatmap)."""
+        t = self.cfg.train
+        used = engine.use_final_weights(t.final)
+        metrics, arrays = self.validation_arrays(engine)
+        final = {**metrics, "epochs": engine.epoch, "best_epoch": engine.best_epoch, "checkpoint": used,
+                 "early_stop_metric": t.early_stop_metric, "stopped_early": engine.stopped_early,
+                 "time": round(engine.elapsed, 2), "n_train": len(self.split["train"]), "n_val": len(self.split["val"]),
+                 "device": str(self.device), "world_size": engine.dist.world_size}
+        if engine.dist.is_main:
+            run_dir = engine.run_dir
+            with atomic_write(run_dir / "predictions.csv", "w", newline="") as f:
+                predictions_frame(arrays).to_csv(f, index=False)  # full precision: the C-index recomputes from the file
+            if t.heatmap:
+                try:
+                    info = self._heatmap(run_dir)
+                except Exception as e:  # noqa: BLE001 - a picture must not lose the run's results
+                    log.warning("heatmap failed (%s: %s)", type(e).__name__, e)
+                    info = None
+                if info is not None:
+                    final["heatmap"] = info["png"]
+                    final["heatmap_nifti"] = info["nifti"]
+                    final["p_on_lesion"] = info["p_on_lesion"]
+            with atomic_write(run_dir / "final_metrics.json", "w") as f:
+                f.write(json.dumps(_json_safe(final), indent=2))
+        return final
+
+    def _heatmap(self, run_dir: Path):
+        from survival3d.engine.heatmap import write_heatmap
+
+        return write_heatmap(self.model, self.val_ds, run_dir / "heatmap", self.device, amp=self.amp)
+
+
+def train_split(cfg, run_dir: str | Path, cases: Cases, split: dict[str, list[str]], *, components: Components | None = None,
+                dist: DistInfo | None = None, callbacks: Sequence[Any] = (), resume: bool = False) -> dict[str, Any]:
+    """Train one split of an experiment into ``run_dir`` on the engine; returns the final metrics."""
+    run_dir = Path(run_dir)
+    task = SurvivalTask(cfg, cases, split, components=components)
+    return Engine(task, engine_settings(cfg, run_dir), run_dir, dist=dist, callbacks=callbacks).fit(resume)
