@@ -157,6 +157,9 @@ class Task:
         """Validation metrics of the current weights (every rank calls it; gather inside if needed)."""
         return {}
 
+    def on_epoch_end(self, engine: "Engine", epoch: int, row: dict[str, Any]) -> None:
+        """Called after each epoch (0-based) with its logged row (training and validation values)."""
+
     def state_dict(self) -> dict[str, Any]:
         """Task state saved beside the engine's in every checkpoint (plain types and tensors only)."""
         return {}
@@ -325,7 +328,8 @@ class Engine:
             self.wandb_run.log({k: v for k, v in row.items() if v is not None and k != "step"}, step=row["step"])
 
     def progress(self, iterable, **kw):
-        """``iterable`` wrapped in a tqdm bar on the main process when progress bars are on."""
+        """``iterable`` wrapped in a tqdm bar on the main process when progress bars are on (``None``: a manual
+        bar, or ``None`` when bars are off)."""
         if not (self.settings.progress and self.dist.is_main):
             return iterable
         from tqdm.auto import tqdm
@@ -344,16 +348,22 @@ class Engine:
         seen = 0
         nonfinite = torch.zeros((), device=dev, dtype=torch.bool)
         n_steps = len(task.train_loader)
-        bar = self.progress(range(n_steps), desc=f"epoch {epoch + 1}/{self.settings.epochs}", unit="step")
+        bar = self.progress(None, total=n_steps, desc=f"epoch {epoch + 1}/{self.settings.epochs}", unit="step")
         every = int(self.settings.log_every)
         clip = float(self.settings.grad_clip)
         per_step = self.schedule.interval == "step"
         wait = 0.0
         t_start = time.perf_counter()
         it = iter(task.train_loader)
-        for i in bar:
+        i = -1
+        while True:  # to the loader's end: samplers draw their last random numbers only when exhausted
             t0 = time.perf_counter()
-            batch = move_to_device(next(it), dev)
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            i += 1
+            batch = move_to_device(batch, dev)
             wait += time.perf_counter() - t0
             out = task.training_step(self.train_module, batch)
             loss = out["loss"]
@@ -374,12 +384,16 @@ class Engine:
             for cb in self.callbacks:
                 if hasattr(cb, "on_step_end"):
                     cb.on_step_end(self, epoch, i)
+            if bar is not None:
+                bar.update(1)
             if (i + 1) % every == 0 or i + 1 == n_steps:
                 flag = all_reduce_sum(nonfinite.to(torch.float32).clone(), self.dist)  # the only host syncs of the loop
                 if bool(flag > 0):
                     self._fail_nonfinite(epoch, i)
-                if bar is not None and hasattr(bar, "set_postfix"):
+                if bar is not None:
                     bar.set_postfix(loss=f"{float(sums['loss']) / max(seen, 1):.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        if bar is not None:
+            bar.close()
         keys = list(sums)
         totals = torch.stack([sums[k] for k in keys] + [torch.tensor(float(seen), device=dev, dtype=torch.float64)])
         all_reduce_sum(totals, self.dist)
@@ -412,7 +426,7 @@ class Engine:
         last = self.ckpt_dir / "last.pt"
         if resume and last.is_file():
             state = load_checkpoint(last)
-        if self.dist.is_main:
+        if self.dist.is_main and (s.metrics_columns or s.save_last or s.save_best or s.wandb):
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self._init_wandb()  # before seeding: wandb must not shift the random streams
         try:
@@ -471,6 +485,7 @@ class Engine:
         log.info("epoch %d/%d  loss %.4f  %s  data-wait %.1f%%", self.epoch, epochs, row["train_loss"],
                  "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None
                            and math.isfinite(v)), 100 * row["data_wait_frac"])
+        self.task.on_epoch_end(self, epoch, row)
         for cb in self.callbacks:
             if hasattr(cb, "on_epoch_end"):
                 cb.on_epoch_end(self, epoch, row)

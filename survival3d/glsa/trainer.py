@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,20 +28,19 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from tqdm.auto import tqdm
 
-from survival3d.runtime import resolve_device
+from survival3d.engine.checkpoint import load_checkpoint
+from survival3d.engine.loop import Engine, EngineSettings, Task
+from survival3d.runtime import autocast
 from survival3d.io import atomic_path
 from survival3d.config import save_config
 from survival3d.errors import ConfigError
 from survival3d.glsa.backbones import GLSANet, create_model
 from survival3d.glsa.data import SplitData, build_dataset, class_counts, make_loader
 from survival3d.glsa.losses import build_loss
-from survival3d.registry import Registry
 
 __all__ = [
-    "OPTIMIZERS",
-    "SCHEDULERS",
+    "GLSATask",
     "MONITORS",
     "spec_name",
     "make_run_name",
@@ -54,34 +52,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS: Registry = Registry("optimizer")
-SCHEDULERS: Registry = Registry("scheduler")
 MONITORS = {"balanced_accuracy": "max", "accuracy": "max", "macro_f1": "max", "loss": "min"}
-
-
-@OPTIMIZERS.register("adamw")
-def _adamw(params, cfg) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-@OPTIMIZERS.register("sgd")
-def _sgd(params, cfg) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
-
-
-@SCHEDULERS.register("plateau")
-def _plateau(opt, cfg, *, epochs: int, mode: str):
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
-
-
-@SCHEDULERS.register("cosine")
-def _cosine(opt, cfg, *, epochs: int, mode: str):
-    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1), eta_min=cfg.min_lr)
-
-
-@SCHEDULERS.register("none")
-def _constant(opt, cfg, *, epochs: int, mode: str):
-    return None
+METRICS_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
+                   "val_macro_f1", "lr", "epoch_time_s")
 
 
 def spec_name(spec: Any) -> str:
@@ -154,64 +127,7 @@ def _run_logging(run_dir: Path) -> Iterator[None]:
             h.setLevel(logging.NOTSET)
 
 
-def _start_wandb(cfg: DictConfig, run_dir: Path, name: str):
-    if not cfg.logging.wandb:
-        return None
-    try:
-        import wandb
-
-        return wandb.init(
-            project=cfg.logging.wandb_project,
-            name=name,
-            dir=str(run_dir),
-            mode="offline",
-            config=OmegaConf.to_container(cfg, resolve=True),
-            reinit="finish_previous",
-        )
-    except Exception as e:  # noqa: BLE001 - a tracking failure must not stop training
-        log.warning("wandb disabled: %s", e)
-        return None
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 # ------------------------------------------------------------------------------------------------------- loops
-def _autocast(device: torch.device, enabled: bool):
-    if device.type == "cuda" and enabled:
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _train_epoch(model, loader, loss_fn, opt, device, amp, grad_clip, log_every, epoch) -> dict[str, float]:
-    model.train()
-    total, correct, loss_sum = 0, 0, 0.0
-    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, dynamic_ncols=True)
-    for i, (x, y) in enumerate(bar):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {epoch}, batch {i}.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        n = len(y)
-        total += n
-        loss_sum += loss.item() * n
-        correct += (logits.argmax(1) == y).sum().item()
-        bar.set_postfix(loss=f"{loss_sum / total:.4f}", acc=f"{correct / total:.3f}")
-        if log_every and i % log_every == 0:
-            log.debug("epoch %d batch %d loss %.4f", epoch, i, loss.item())
-    return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1)}
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, loss_fn, device: torch.device, num_classes: int, amp: bool = False) -> dict[str, Any]:
     """Validation loss and :func:`classification_metrics`, plus ``y_true`` / ``y_pred`` arrays."""
@@ -219,7 +135,7 @@ def evaluate(model: nn.Module, loader, loss_fn, device: torch.device, num_classe
     ys, preds, loss_sum, total = [], [], 0.0, 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(x).float()
         loss_sum += loss_fn(logits, y).item() * len(y)
         total += len(y)
@@ -295,18 +211,14 @@ def save_gradcam(model: GLSANet, data: SplitData, device: torch.device, n: int, 
 
 
 # ------------------------------------------------------------------------------------------------------- train
-def _write_metrics_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    import pandas as pd
-
-    _atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g"))
-
-
 def train(cfg: DictConfig, *, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train one GLSA classifier; returns the content of ``results.json`` (see the module docstring)."""
     if cfg.train.monitor not in MONITORS:
         raise ConfigError(f"train.monitor must be one of {sorted(MONITORS)}, got {cfg.train.monitor!r}.")
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}.")
+    if cfg.optim.name not in ("adamw", "sgd"):
+        raise ConfigError(f"optim.name must be adamw or sgd, got {cfg.optim.name!r}.")
     m = cfg.model
     name = make_run_name(cfg.train.run_name, m.fusion, m.residual, m.attention)
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.train.output_dir) / name
@@ -316,83 +228,68 @@ def train(cfg: DictConfig, *, run_dir: str | os.PathLike | None = None) -> dict[
         return _train(cfg, run_dir, name)
 
 
-def _train(cfg: DictConfig, run_dir: Path, name: str) -> dict[str, Any]:
-    t_start = time.perf_counter()
-    log.info("run %s -> %s", name, run_dir)
-    log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
-    _seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device, key="train.device")
-    d = cfg.data
-    data = build_dataset(
-        d.name, root=d.root, image_size=d.image_size, val_frac=d.val_frac, split_seed=d.split_seed, augment=d.augment,
-        max_samples=d.max_samples, official_val=d.official_val,
-    )
-    counts = class_counts(data.train_labels, data.num_classes)
-    train_loader = make_loader(data.train, data.train_labels, batch_size=d.batch_size, train=True,
-                               weighted_sampler=d.weighted_sampler, num_workers=d.num_workers, seed=cfg.train.seed,
-                               pin_memory=device.type == "cuda")
-    val_loader = make_loader(data.val, data.val_labels, batch_size=d.batch_size, train=False, num_workers=d.num_workers)
-    if d.weighted_sampler:
-        log.info("WeightedRandomSampler: sampling probability proportional to 1 / class count")
+class GLSATask(Task):
+    """A GLSA classifier as a task on the one engine: cross-entropy-style step, classification validation."""
 
-    m = cfg.model
-    model = create_model(
-        m.backbone, m.pretrained, data.num_classes, _plain(m.attention), _plain(m.fusion), _plain(m.residual),
-        num_heads=m.num_heads, glsa_stage=m.glsa_stage, input_size=d.image_size, weights_path=m.weights_path, dropout=m.dropout,
-        width=m.width,
-    ).to(device)
-    params = model.count_parameters()
-    log.info("%s + GLSA after stage %d: %s", m.backbone, model.glsa_stage, ", ".join(f"{k}={v:,}" for k, v in params.items()))
-    loss_fn = build_loss(**OmegaConf.to_container(cfg.loss, resolve=True), class_counts=counts).to(device)
-    log.info("loss %s (%s)", cfg.loss.name, loss_fn)
-    opt = OPTIMIZERS.get(cfg.optim.name)(model.parameters(), cfg.optim)
-    mode = MONITORS[cfg.train.monitor]
-    sched = SCHEDULERS.get(cfg.optim.scheduler)(opt, cfg.optim, epochs=cfg.train.epochs, mode=mode)
-    wb = _start_wandb(cfg, run_dir, name)
+    def __init__(self, cfg: DictConfig, run_dir: Path, name: str):
+        self.cfg, self.run_dir, self.name = cfg, run_dir, name
+        self.t_start = time.perf_counter()
 
-    best, best_epoch, stale, rows = None, 0, 0, []
-    ckpt = run_dir / "best.pt"
-    try:
-        for epoch in range(1, cfg.train.epochs + 1):
-            t0 = time.perf_counter()
-            lr = opt.param_groups[0]["lr"]
-            tr = _train_epoch(model, train_loader, loss_fn, opt, device, cfg.train.amp, cfg.train.grad_clip, cfg.logging.log_every, epoch)
-            va = evaluate(model, val_loader, loss_fn, device, data.num_classes, cfg.train.amp)
-            score = va[cfg.train.monitor]
-            row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "val_loss": va["loss"],
-                   "val_accuracy": va["accuracy"], "val_balanced_accuracy": va["balanced_accuracy"], "val_macro_f1": va["macro_f1"],
-                   "lr": lr, "time_s": time.perf_counter() - t0}
-            rows.append(row)
-            _write_metrics_csv(rows, run_dir / "metrics.csv")
-            if wb is not None:
-                wb.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            improved = best is None or (score > best if mode == "max" else score < best)
-            log.info("epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f bal-acc %.3f macro-F1 %.3f | lr %.2e%s",
-                     epoch, cfg.train.epochs, tr["loss"], tr["accuracy"], va["loss"], va["accuracy"], va["balanced_accuracy"],
-                     va["macro_f1"], lr, "  *best*" if improved else "")
-            if improved:
-                best, best_epoch, stale = score, epoch, 0
-                state = {"model": model.state_dict(), "epoch": epoch, "metrics": {k: va[k] for k in MONITORS},
-                         "class_names": data.class_names, "config": OmegaConf.to_container(cfg, resolve=True)}
-                _atomic_write(ckpt, lambda tmp: torch.save(state, tmp))
-                log.debug("saved best checkpoint (epoch %d, %s %.4f) to %s", epoch, cfg.train.monitor, score, ckpt)
-            else:
-                stale += 1
-            if sched is not None:
-                sched.step(score) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
-                new_lr = opt.param_groups[0]["lr"]
-                if new_lr != lr:  # a plateau reduction is news; a cosine schedule changes it every epoch
-                    level = logging.INFO if cfg.optim.scheduler == "plateau" else logging.DEBUG
-                    log.log(level, "learning rate changed %.2e -> %.2e", lr, new_lr)
-            if cfg.train.early_stopping_patience and stale >= cfg.train.early_stopping_patience:
-                log.info("early stopping: no %s improvement for %d epochs (best %.4f at epoch %d)", cfg.train.monitor, stale, best, best_epoch)
-                break
-        train_time = time.perf_counter() - t_start
+    def setup(self, engine: Engine, state: dict[str, Any] | None) -> None:
+        cfg, d, m = self.cfg, self.cfg.data, self.cfg.model
+        device = self.device = engine.device
+        self.amp = bool(cfg.train.amp)
+        self.data = data = build_dataset(
+            d.name, root=d.root, image_size=d.image_size, val_frac=d.val_frac, split_seed=d.split_seed, augment=d.augment,
+            max_samples=d.max_samples, official_val=d.official_val,
+        )
+        counts = class_counts(data.train_labels, data.num_classes)
+        self.train_loader = make_loader(data.train, data.train_labels, batch_size=d.batch_size, train=True,
+                                        weighted_sampler=d.weighted_sampler, num_workers=d.num_workers, seed=cfg.train.seed,
+                                        pin_memory=device.type == "cuda")
+        self.val_loader = make_loader(data.val, data.val_labels, batch_size=d.batch_size, train=False, num_workers=d.num_workers)
+        if d.weighted_sampler:
+            log.info("WeightedRandomSampler: sampling probability proportional to 1 / class count")
+        self.module = create_model(
+            m.backbone, m.pretrained, data.num_classes, _plain(m.attention), _plain(m.fusion), _plain(m.residual),
+            num_heads=m.num_heads, glsa_stage=m.glsa_stage, input_size=d.image_size, weights_path=m.weights_path,
+            dropout=m.dropout, width=m.width,
+        ).to(device)
+        self.params = self.module.count_parameters()
+        log.info("%s + GLSA after stage %d: %s", m.backbone, self.module.glsa_stage,
+                 ", ".join(f"{k}={v:,}" for k, v in self.params.items()))
+        self.loss_fn = build_loss(**OmegaConf.to_container(cfg.loss, resolve=True), class_counts=counts).to(device)
+        log.info("loss %s (%s)", cfg.loss.name, self.loss_fn)
 
-        model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=False)["model"])
-        final = evaluate(model, val_loader, loss_fn, device, data.num_classes, cfg.train.amp)
+    def state_dict(self) -> dict[str, Any]:
+        return {"class_names": self.data.class_names, "config": OmegaConf.to_container(self.cfg, resolve=True)}
+
+    def weights(self) -> dict[str, Any]:
+        return {"model": self.module.state_dict()}
+
+    def load_weights(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+
+    def training_step(self, module: nn.Module, batch) -> dict[str, Any]:
+        x, y = batch
+        with autocast(x.device, self.amp):
+            logits = module(x)
+        loss = self.loss_fn(logits.float(), y)
+        return {"loss": loss, "n": len(y), "accuracy": (logits.argmax(1) == y).sum()}
+
+    def validate(self, engine: Engine, epoch: int) -> dict[str, float]:
+        va = evaluate(self.module, self.val_loader, self.loss_fn, self.device, self.data.num_classes, self.amp)
+        return {"val_loss": va["loss"], "val_accuracy": va["accuracy"], "val_balanced_accuracy": va["balanced_accuracy"],
+                "val_macro_f1": va["macro_f1"]}
+
+    def finish(self, engine: Engine) -> dict[str, Any]:
+        cfg, d, m, data, run_dir, name = self.cfg, self.cfg.data, self.cfg.model, self.data, self.run_dir, self.name
+        train_time = time.perf_counter() - self.t_start
+        engine.use_final_weights("best")
+        model, device = self.module, self.device
+        final = evaluate(model, self.val_loader, self.loss_fn, device, data.num_classes, cfg.train.amp)
         save_confusion_matrix(np.asarray(final["confusion_matrix"]), data.class_names, run_dir / "confusion_matrix.png",
-                              f"{name} (epoch {best_epoch}) bal-acc {final['balanced_accuracy']:.3f}")
+                              f"{name} (epoch {engine.best_epoch}) bal-acc {final['balanced_accuracy']:.3f}")
         _write_per_class(final, data.class_names, run_dir / "per_class.csv")
         if cfg.train.gradcam_images > 0:
             save_gradcam(model, data, device, cfg.train.gradcam_images, run_dir / "gradcam.png", cfg.train.seed)
@@ -404,8 +301,8 @@ def _train(cfg: DictConfig, run_dir: Path, name: str) -> dict[str, Any]:
             "fusion": _spec_label(m.fusion),
             "residual": _spec_label(m.residual),
             "seed": cfg.train.seed,
-            "best_epoch": best_epoch,
-            "epochs_run": len(rows),
+            "best_epoch": engine.best_epoch,
+            "epochs_run": engine.epoch,
             "monitor": cfg.train.monitor,
             "val_loss": final["loss"],
             "accuracy": final["accuracy"],
@@ -414,20 +311,41 @@ def _train(cfg: DictConfig, run_dir: Path, name: str) -> dict[str, Any]:
             "per_class_recall": dict(zip(data.class_names, final["per_class_recall"])),
             "confusion_matrix": final["confusion_matrix"],
             "class_names": data.class_names,
-            "params": params["total"],
-            "glsa_params": {k[5:]: v for k, v in params.items() if k.startswith("glsa_")},
+            "params": self.params["total"],
+            "glsa_params": {k[5:]: v for k, v in self.params.items() if k.startswith("glsa_")},
             "train_time_s": train_time,
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         }
-        if wb is not None:
-            wb.summary.update({k: results[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "params", "train_time_s")})
+        if engine.wandb_run is not None:
+            engine.wandb_run.summary.update({k: results[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "params", "train_time_s")})
         _write_json(run_dir / "results.json", results)
         log.info("finished %s: bal-acc %.4f acc %.4f macro-F1 %.4f (%.1f s) -> %s", name, results["balanced_accuracy"],
                  results["accuracy"], results["macro_f1"], train_time, run_dir)
         return results
-    finally:
-        if wb is not None:
-            wb.finish()
+
+
+def engine_settings(cfg: DictConfig, run_dir: Path, name: str) -> EngineSettings:
+    """The engine's settings for a GLSA config (best.pt in the run folder, no last.pt)."""
+    o, t = cfg.optim, cfg.train
+    optimizer = {"name": o.name, "lr": float(o.lr), "weight_decay": float(o.weight_decay)}
+    if o.name == "sgd":
+        optimizer.update(momentum=float(o.momentum), nesterov=float(o.momentum) > 0)
+    scheduler = {"name": o.scheduler, "min_lr": float(o.min_lr), "interval": "epoch"}
+    if o.scheduler == "plateau":
+        scheduler.update(factor=float(o.plateau_factor), patience=int(o.plateau_patience))
+    wandb = ({"mode": "offline", "project": cfg.logging.wandb_project, "name": name,
+              "config": OmegaConf.to_container(cfg, resolve=True)} if cfg.logging.wandb else None)
+    return EngineSettings(
+        epochs=int(t.epochs), seed=int(t.seed), device=t.device, optimizer=optimizer, scheduler=scheduler,
+        grad_clip=float(t.grad_clip or 0.0), monitor=f"val_{t.monitor}", mode=MONITORS[t.monitor],
+        patience=int(t.early_stopping_patience or 0), checkpoint_dir=run_dir, save_last=False, save_best=True,
+        metrics_columns=METRICS_COLUMNS, log_every=max(1, int(cfg.logging.log_every or 0) or 20), wandb=wandb)
+
+
+def _train(cfg: DictConfig, run_dir: Path, name: str) -> dict[str, Any]:
+    log.info("run %s -> %s", name, run_dir)
+    log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
+    return Engine(GLSATask(cfg, run_dir, name), engine_settings(cfg, run_dir, name), run_dir).fit()
 
 
 def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GLSANet, list[str], DictConfig]:
@@ -442,7 +360,7 @@ def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         path = path / "best.pt"
     if not path.is_file():
         raise InputError("no checkpoint here (expected a run folder with best.pt, or the file).", path=path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path)
     cfg = OmegaConf.create(ckpt["config"])
     m, d = cfg.model, cfg.data
     model = create_model(
