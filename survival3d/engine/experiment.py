@@ -26,6 +26,7 @@ from survival3d.engine.components import Components
 from survival3d.engine.distributed import DistInfo, init_distributed
 from survival3d.engine.trainer import Trainer
 from survival3d.errors import ConfigError, InputError
+from survival3d.io import write_json
 
 __all__ = ["run_experiment", "make_splits", "aggregate_folds", "run_dir_of"]
 
@@ -66,9 +67,8 @@ def aggregate_folds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _json_write(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=lambda o: None))
-    os.replace(tmp, path)
+    """JSON, atomically; values JSON cannot hold are written as null."""
+    write_json(path, obj, default=lambda o: None)
 
 
 def _prepare_run_dir(cfg, resume: bool, info: DistInfo) -> Path:
