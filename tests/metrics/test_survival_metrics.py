@@ -225,3 +225,18 @@ def test_censored_nll_off_grid_censoring_follows_the_loss():
     assert censored_nll(pmf, [7.0], [0]) == pytest.approx(-np.log(0.2), rel=1e-12)
     # no floor: zero mass where the likelihood needs it is an infinite loss
     assert censored_nll(np.array([[1.0, 0, 0, 0, 0]]), [3.0], [1]) == np.inf
+
+
+def test_aggregate_folds_ignores_missing_and_nan():
+    from survival3d.metrics import aggregate_folds
+
+    folds = [{"c_index": 0.6, "n": 10, "fold": "fold0", "ok": True},
+             {"c_index": float("nan"), "n": 12, "fold": "fold1"},
+             {"c_index": 0.8, "n": 14, "mae": None},
+             {"n": 16}]
+    agg = aggregate_folds(folds)
+    assert set(agg) == {"c_index", "n"}  # strings, booleans, None-only keys are no metrics
+    assert agg["c_index"] == {"mean": pytest.approx(0.7), "sd": pytest.approx(np.std([0.6, 0.8], ddof=1)), "n": 2}
+    assert agg["n"]["n"] == 4 and agg["n"]["sd"] == pytest.approx(np.std([10, 12, 14, 16], ddof=1))
+    assert aggregate_folds(folds, keys=["c_index", "mae"]) == {"c_index": agg["c_index"]}
+    assert aggregate_folds(folds[:1], keys=["c_index"])["c_index"]["sd"] == 0.0
