@@ -9,9 +9,7 @@ with a ``fold`` column.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -69,12 +67,6 @@ def predict_manifest(checkpoint: Path, manifest: Path):
     return preds, pmf, alpha
 
 
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False))
-    os.replace(tmp, path)
-
-
 def parse_horizons(text: str | None) -> list[float] | None:
     if text is None:
         return None
@@ -90,7 +82,7 @@ def parse_horizons(text: str | None) -> list[float] | None:
 def evaluate_one(preds, pmf, alpha_cens: float, out_dir: Path, *, title: str = "", figures: bool = True,
                  horizons: list[float] | None = None) -> dict:
     """metrics.json + predictions.csv + figures for one model's predictions; returns the metrics."""
-    from survival3d.explain.pipeline import write_table
+    from survival3d.io import write_csv, write_json
     from survival3d.metrics import survival_metrics
     from survival3d.metrics.figures import plot_calibration, plot_km_by_risk_tertile, plot_pred_vs_observed
 
@@ -103,8 +95,8 @@ def evaluate_one(preds, pmf, alpha_cens: float, out_dir: Path, *, title: str = "
         metrics["logrank_p_tertiles"] = p if p == p else None
         if pmf is not None and metrics.get("horizons"):
             plot_calibration(preds, pmf, metrics["horizons"], fig_dir / "calibration.png", title=title)
-    write_table(preds, out_dir / "predictions.csv")
-    _atomic_json(metrics, out_dir / "metrics.json")
+    write_csv(out_dir / "predictions.csv", preds)
+    write_json(out_dir / "metrics.json", metrics, allow_nan=False)
     return metrics
 
 
@@ -123,7 +115,7 @@ class Evaluate:
     def run(self, args) -> int:
         import pandas as pd
 
-        from survival3d.explain.pipeline import write_table
+        from survival3d.io import write_csv, write_json
         from survival3d.metrics import aggregate_folds
 
         manifest = Path(args.data)
@@ -140,7 +132,7 @@ class Evaluate:
             name, ckpt, preds, pmf, alpha = predicted[0]
             metrics = evaluate_one(preds, pmf, alpha, out, figures=not args.no_figures, horizons=horizons)
             metrics.update({"checkpoint": str(ckpt), "manifest": str(manifest)})
-            _atomic_json(metrics, out / "metrics.json")
+            write_json(out / "metrics.json", metrics, allow_nan=False)
             log.info("C-index %s (oracle %s) on %d cases → %s", metrics.get("c_index"),
                      metrics.get("c_index_oracle"), metrics["n"], out)
             return 0
@@ -152,8 +144,8 @@ class Evaluate:
             stacked.append(preds.assign(fold=name))
         summary = {"manifest": str(manifest), "n_folds": len(per_fold), "aggregate": aggregate_folds(per_fold),
                    "folds": per_fold}
-        write_table(pd.concat(stacked, ignore_index=True), out / "predictions.csv")
-        _atomic_json(summary, out / "metrics.json")
+        write_csv(out / "predictions.csv", pd.concat(stacked, ignore_index=True))
+        write_json(out / "metrics.json", summary, allow_nan=False)
         agg = summary["aggregate"].get("c_index")
         if agg:
             log.info("C-index %.3f ± %.3f over %d folds → %s", agg["mean"], agg["sd"], agg["n"], out)

@@ -76,8 +76,11 @@ class TrainCommand:
         from survival3d.engine.experiment import run_dir_of, run_experiment
         from survival3d.engine.loop import NonFiniteLossError
 
+        from survival3d.explain.callbacks import HeatmapCallback
+
+        callbacks = [HeatmapCallback()] if cfg.train.heatmap else []  # the run's closing softmin-p picture
         try:
-            result = run_experiment(cfg, resume=bool(args.resume))
+            result = run_experiment(cfg, resume=bool(args.resume), callbacks=callbacks)
         except NonFiniteLossError as e:
             log.error("%s", e)
             return NonFiniteLossError.exit_code

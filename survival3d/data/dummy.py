@@ -677,13 +677,10 @@ def generate_case(
 
 # ------------------------------------------------------------------------------------------------------- writing
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    import nibabel as nib
+    """The case volume as NIfTI (dtype kept, affine as qform and sform code 1, units mm/s), written atomically."""
+    from survival3d.io import write_nifti
 
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
+    write_nifti(path, array, affine, xyzt_units=("mm", "sec"), qform_code=1, sform_code=1)
 
 
 _FOLDERS = {"image": "images", "mask": "masks", "lung_mask": "lung_masks", "distractor_mask": "distractor_masks"}

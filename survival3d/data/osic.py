@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from survival3d.data.preprocess import PreprocessSettings, case_is_done, preprocess_case, write_json
+from survival3d.data.preprocess import PreprocessSettings, case_is_done, preprocess_case
 from survival3d.data.manifest import write_manifest
 from survival3d.errors import InputError, Survival3DError
-from survival3d.io import atomic_path
+from survival3d.io import atomic_path, write_json
 
 __all__ = [
     "CaseJob",
@@ -303,7 +303,7 @@ def run_preprocess_jobs(
         "settings_digest": settings.digest(),
         "manifest": str(manifest) if rows else None,
     }
-    write_json(summary, out_dir / "summary.json")
+    write_json(out_dir / "summary.json", summary, default=str)
     logger.info(
         "preprocess: %d done, %d skipped (already done), %d failed of %d in %.1f s%s", summary["done"], skipped,
         len(failures), len(jobs), summary["seconds"], f"; failures listed in {fail_csv}" if failures else "",

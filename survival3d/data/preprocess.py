@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ from monai.transforms import Transform
 from survival3d.data.lung_masking import build_masker, check_lung_mask
 from survival3d.data.readers import CTVolume, affine_spacing, read_ct
 from survival3d.errors import ConfigError
+from survival3d.io import write_json, write_nifti
 
 __all__ = [
     "PreprocessSettings",
@@ -47,8 +47,6 @@ __all__ = [
     "preprocess_case",
     "case_is_done",
     "map_to_original",
-    "save_nifti",
-    "write_json",
     "ct_load_transforms",
     "CTPreprocessd",
     "ct_persistent_dataset",
@@ -260,43 +258,8 @@ def map_to_original(
 
 
 # ------------------------------------------------------------------------------------------------------ writing
-def _atomic_target(path: Path) -> Path:
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
-    """Write a NIfTI atomically (temp file + rename) with the given RAS affine as sform and qform."""
-    import nibabel as nib
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=float))
-    img.set_sform(np.asarray(affine, dtype=float), code=1)
-    img.set_qform(np.asarray(affine, dtype=float), code=1)
-    img.header.set_xyzt_units("mm")
-    tmp = _atomic_target(path)
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Write JSON atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_target(path)
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+#: NIfTI header of the preprocessed volumes: the RAS affine as sform and qform (code 1 = scanner), units mm.
+_NIFTI_HEADER = {"xyzt_units": "mm", "qform_code": 1, "sform_code": 1}
 
 
 def _case_paths(out_dir: Path, case_id: str) -> dict[str, Path]:
@@ -345,10 +308,10 @@ def preprocess_case(
     paths = _case_paths(out_dir, case_id)
     vol = read_ct(source, series_uid=series_uid)
     res = preprocess_volume(vol, settings, masker)
-    save_nifti(res.image, res.affine, paths["image"])
-    save_nifti(res.lung_mask, res.affine, paths["lung_mask"])
+    write_nifti(paths["image"], res.image, res.affine, **_NIFTI_HEADER)
+    write_nifti(paths["lung_mask"], res.lung_mask, res.affine, **_NIFTI_HEADER)
     qc = {"id": case_id, **res.qc}
-    write_json(qc, paths["qc_json"])
+    write_json(paths["qc_json"], qc, default=str)
     if qc_png:
         save_qc_montage(res.image, res.lung_mask, res.affine, paths["qc_png"], title=f"{case_id}: "
                         f"{qc['lung_volume_l']:.2f} L, {qc['lung_components']} components")  # fmt: skip
@@ -366,7 +329,7 @@ def preprocess_case(
         "outputs": {k: os.path.relpath(v, paths["sidecar"].parent) for k, v in paths.items() if k != "sidecar"},
         "qc": qc,
     }  # fmt: skip
-    write_json(sidecar, paths["sidecar"])
+    write_json(paths["sidecar"], sidecar, default=str)
     return {**sidecar, "paths": {k: str(v) for k, v in paths.items()}}
 
 
@@ -436,6 +399,6 @@ def ct_persistent_dataset(
 
     folder = Path(cache_dir) / f"ct-{settings.digest()}"
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(settings.to_dict(), folder / "settings.json")
+    write_json(folder / "settings.json", settings.to_dict(), default=str)
     chain = [CTPreprocessd(settings, key=key)] + ([] if transform is None else [transform])
     return PersistentDataset(data=list(data), transform=Compose(chain), cache_dir=folder)

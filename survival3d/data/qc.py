@@ -7,12 +7,12 @@ superior up in coronal views. Right lung contour in red, left lung in blue.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from survival3d.data.readers import affine_spacing
+from survival3d.io import atomic_path
 
 __all__ = ["save_qc_montage", "montage_slices"]
 
@@ -70,11 +70,6 @@ def save_qc_montage(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fd, tmp = os.path.split(path)[0], f".{path.name}.tmp.png"
-    tmp_path = Path(fd) / tmp
-    try:
-        fig.savefig(tmp_path, dpi=80)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
     return path

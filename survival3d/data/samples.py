@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from survival3d.errors import InputError
+from survival3d.io import write_text
 
 __all__ = ["SampleArchive", "SAMPLE_ARCHIVES", "cache_root", "fetch_samples", "sample_paths"]
 
@@ -222,7 +223,5 @@ def fetch_samples(
                 elif final.exists():
                     final.unlink()
                 os.replace(staging / name, final)
-            stamp_tmp = tmp / "stamp"
-            stamp_tmp.write_text(archive.sha256 + "\n")
-            os.replace(stamp_tmp, stamp)
+            write_text(stamp, archive.sha256 + "\n")
     return sample_paths(cache_dir)

@@ -27,6 +27,8 @@ from survival3d.engine.components import Components
 from survival3d.engine.distributed import DistInfo, init_distributed
 from survival3d.engine.survival_task import train_split
 from survival3d.errors import ConfigError, InputError
+from survival3d.io import write_json
+from survival3d.metrics.report import aggregate_folds as _aggregate_metrics
 
 __all__ = ["run_experiment", "make_splits", "aggregate_folds", "run_dir_of"]
 
@@ -57,19 +59,14 @@ def make_splits(cfg, cases) -> list[dict[str, list[str]]]:
 
 
 def aggregate_folds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sample standard deviation (ddof=1) of each metric over folds (NaN/None values ignored)."""
-    agg: dict[str, Any] = {"folds": len(results), "per_fold": list(results)}
-    for key in AGGREGATED:
-        vals = [float(r[key]) for r in results if r.get(key) is not None and math.isfinite(float(r[key]))]
-        if vals:
-            agg[key] = {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, "n": len(vals)}
-    return agg
+    """``cv_metrics.json``: the number of folds, the per-fold metrics and, for each of :data:`AGGREGATED`, the mean,
+    sample sd and n over folds by :func:`survival3d.metrics.aggregate_folds` (NaN/None values ignored)."""
+    return {"folds": len(results), "per_fold": list(results), **_aggregate_metrics(results, keys=AGGREGATED)}
 
 
 def _json_write(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=lambda o: None))
-    os.replace(tmp, path)
+    """JSON, atomically; values JSON cannot hold are written as null."""
+    write_json(path, obj, default=lambda o: None)
 
 
 def _prepare_run_dir(cfg, resume: bool, info: DistInfo) -> Path:

@@ -18,14 +18,25 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of the model's forward for a batch (empty covariate blocks are passed as ``None``)."""
+#: Batch keys passed to the model's forward besides the image, with the dtype each is given.
+_MODEL_KEYS = {"cov_num": torch.float32, "cov_cat": torch.long, "lung_mask": torch.float32}
+
+
+def model_inputs(batch: Mapping[str, Any], *, device: torch.device | str | None = None) -> dict[str, Any]:
+    """Keyword arguments of the model's forward besides the image: ``cov_num`` (float32), ``cov_cat`` (int64) and
+    ``lung_mask`` (float32) from a batch dict.
+
+    Empty covariate blocks are passed as ``None``; ``lung_mask`` only when the batch has one. ``device``: move the
+    tensors there (default: leave them where they are).
+    """
     kw: dict[str, Any] = {}
-    cov_num, cov_cat = batch.get("cov_num"), batch.get("cov_cat")
-    kw["cov_num"] = cov_num if cov_num is not None and cov_num.shape[-1] > 0 else None
-    kw["cov_cat"] = cov_cat if cov_cat is not None and cov_cat.shape[-1] > 0 else None
-    if batch.get("lung_mask") is not None:
-        kw["lung_mask"] = batch["lung_mask"]
+    for key, dtype in _MODEL_KEYS.items():
+        v = batch.get(key)
+        if v is None or not torch.is_tensor(v) or (key != "lung_mask" and v.shape[-1] == 0):
+            if key != "lung_mask":
+                kw[key] = None
+            continue
+        kw[key] = v.to(device=device, dtype=dtype)
     return kw
 
 

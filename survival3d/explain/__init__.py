@@ -23,6 +23,7 @@ from survival3d.explain.base import (
     Explainer,
     Unsupported,
     cubelets_to_image,
+    model_image,
     model_inputs,
     run_model,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Explainer",
     "Unsupported",
     "cubelets_to_image",
+    "model_image",
     "model_inputs",
     "run_model",
     "LOCALISATION_COLUMNS",

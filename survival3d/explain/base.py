@@ -23,12 +23,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from survival3d.engine.inference import model_inputs
 from survival3d.registry import Registry
 
 __all__ = [
     "EXPLAINERS",
     "Explainer",
     "Unsupported",
+    "model_image",
     "model_inputs",
     "run_model",
     "cubelets_to_image",
@@ -41,34 +43,26 @@ EXPLAINERS: Registry = Registry("explainer")
 class Unsupported(ValueError):
     """The model lacks what an explainer needs (a head without a p map, a missing feature map)."""
 
-_MODEL_KEYS = ("cov_num", "cov_cat", "lung_mask")
-
-
 def _device_of(model: torch.nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
 
-def model_inputs(model: torch.nn.Module, batch: Mapping[str, Any], image: torch.Tensor | None = None) -> dict:
-    """Keyword arguments of ``model(...)`` taken from a data-path batch, on the model's device.
+def model_image(model: torch.nn.Module, batch: Mapping[str, Any], image: torch.Tensor | None = None) -> torch.Tensor:
+    """The (B, 1, D, H, W) model input of a data-path batch as float32 on the model's device.
 
     ``image`` replaces ``batch["image"]`` (e.g. a copy that requires grad, or an occluded copy).
     """
-    dev = _device_of(model)
     img = batch["image"] if image is None else image
     if not torch.is_tensor(img) or img.ndim != 5:
         raise ValueError(f"batch['image'] must be a (B, 1, D, H, W) tensor, got {getattr(img, 'shape', type(img))}.")
-    kw = {"image": torch.as_tensor(img).float().to(dev)}
-    for key in _MODEL_KEYS:
-        v = batch.get(key)
-        if v is not None and torch.is_tensor(v) and v.numel() > 0:
-            kw[key] = v.to(dev).long() if key == "cov_cat" else v.to(dev).float()
-    return kw
+    return img.float().to(_device_of(model))
 
 
 def run_model(model: torch.nn.Module, batch: Mapping[str, Any], image: torch.Tensor | None = None):
-    """``model(**model_inputs(...))`` → SurvivalOutput (no grad handling: callers choose)."""
-    return model(**model_inputs(model, batch, image))
+    """``model(image, **model_inputs(batch))`` on the model's device → SurvivalOutput (no grad handling: callers
+    choose); the keyword arguments are the engine's (:func:`survival3d.engine.inference.model_inputs`)."""
+    return model(model_image(model, batch, image), **model_inputs(batch, device=_device_of(model)))
 
 
 def patch_size_of(model: torch.nn.Module, image_shape, grid_shape) -> int | None:

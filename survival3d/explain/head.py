@@ -29,6 +29,7 @@ from survival3d.explain.base import (
     Explainer,
     Unsupported,
     cubelets_to_image,
+    model_image,
     model_inputs,
     patch_size_of,
 )
@@ -86,16 +87,16 @@ class HeadMap(Explainer):
 
     @torch.no_grad()
     def explain(self, model, batch):
-        kw = model_inputs(model, batch)
-        image = kw["image"]
+        image = model_image(model, batch)
+        kw = model_inputs(batch, device=image.device)
         shape = image.shape[2:]
         ps = getattr(model, "patch_size", None)
         single = None
         if self.shifts == 1 or ps is None:  # the single pass; without model.patch_size it is inferred from it
-            single = self._map(model(**kw))
+            single = self._map(model(image, **kw))
             ps = patch_size_of(model, shape, single.shape[2:])
         if self.shifts == 1 or ps is None or ps == 1:
-            single = self._map(model(**kw)) if single is None else single
+            single = self._map(model(image, **kw)) if single is None else single
             return cubelets_to_image(single, shape, ps, self.mode).cpu()
         ps = int(ps)
         offsets = grid_offsets(ps, self.shifts)
@@ -103,9 +104,9 @@ class HeadMap(Explainer):
         count = 0
         for s in itertools.product(offsets, repeat=3):
             pad = (s[2], ps - s[2], s[1], ps - s[1], s[0], ps - s[0])
-            shifted = {k: F.pad(v, pad, mode="replicate") if k in ("image", "lung_mask") else v
-                       for k, v in kw.items()}
-            heat = cubelets_to_image(self._map(model(**shifted)), shifted["image"].shape[2:], ps, self.mode)
+            shifted = F.pad(image, pad, mode="replicate")
+            shifted_kw = {k: F.pad(v, pad, mode="replicate") if k == "lung_mask" else v for k, v in kw.items()}
+            heat = cubelets_to_image(self._map(model(shifted, **shifted_kw)), shifted.shape[2:], ps, self.mode)
             total += heat[..., s[0]: s[0] + shape[0], s[1]: s[1] + shape[1], s[2]: s[2] + shape[2]]
             count += 1
         return (total / count).cpu()

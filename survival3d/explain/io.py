@@ -4,7 +4,6 @@ isosurface by marching cubes, rendered with matplotlib)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from survival3d.errors import InputError
+from survival3d.io import atomic_path, write_nifti
 
 __all__ = [
     "source_geometry",
@@ -89,20 +89,11 @@ def to_source_grid(
 
 def save_nifti(volume, affine: np.ndarray, path: str | Path) -> Path:
     """Write a (D, H, W) or (C, D, H, W) float volume as NIfTI with ``affine`` (C > 1 → 4D, components last),
-    atomically (temp file + rename)."""
-    import nibabel as nib
-
+    atomically (:func:`survival3d.io.write_nifti`; units mm)."""
     v = np.asarray(volume, dtype=np.float32)
     if v.ndim == 4:
         v = v[0] if v.shape[0] == 1 else np.moveaxis(v, 0, -1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    img = nib.Nifti1Image(v, np.asarray(affine, dtype=np.float64))
-    img.header.set_xyzt_units("mm")
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
-    return path
+    return write_nifti(path, v, affine, xyzt_units="mm")
 
 
 def plane_axes(affine: np.ndarray | None) -> dict[str, int]:
@@ -138,11 +129,11 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    os.replace(tmp, path)
-    _plt().close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+    finally:
+        _plt().close(fig)
     return path
 
 

@@ -3,9 +3,7 @@ the localisation leaderboard (what ``run.py explain`` does once the model and ca
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,8 +16,9 @@ import torch
 from survival3d.explain.base import EXPLAINERS, Unsupported, patch_size_of, run_model
 from survival3d.explain.io import plot_3d, plot_overlays, save_nifti, source_geometry, to_source_grid
 from survival3d.explain.localisation import LOCALISATION_COLUMNS, localisation_metrics
+from survival3d.io import write_csv, write_json, write_text
 
-__all__ = ["Case", "explain_cases", "leaderboard", "safe_name", "write_leaderboard", "write_table"]
+__all__ = ["Case", "explain_cases", "leaderboard", "safe_name", "write_leaderboard"]
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +53,6 @@ def _np(x) -> np.ndarray | None:
     return (x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x))[0, 0]
 
 
-def write_table(df: pd.DataFrame, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
-
-
-def _write_text(text: str, path: Path) -> Path:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def explain_cases(
@@ -205,8 +190,8 @@ def write_leaderboard(table: pd.DataFrame, out_dir: str | Path) -> dict:
     """``localisation.csv``, ``leaderboard.json`` and ``leaderboard.md`` under ``out_dir`` (atomic writes)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_table(table, out_dir / "localisation.csv")
+    write_csv(out_dir / "localisation.csv", table)
     board, md = leaderboard(table)
-    _write_text(json.dumps(board, indent=2, allow_nan=False), out_dir / "leaderboard.json")
-    _write_text(md, out_dir / "leaderboard.md")
+    write_json(out_dir / "leaderboard.json", board, allow_nan=False)
+    write_text(out_dir / "leaderboard.md", md)
     return board

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from survival3d.explain.pipeline import safe_name
+from survival3d.io import write_text
 
 __all__ = ["results_markdown", "main"]
 
@@ -113,10 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"results: error: {err}", file=sys.stderr)
         return 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_text(out, text)
     return 0
 
 

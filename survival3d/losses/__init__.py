@@ -17,6 +17,7 @@ from survival3d.config.schema import LossConfig
 from survival3d.errors import ConfigError
 from survival3d.losses.functional import (
     censored_nll,
+    censored_nll_log_pmf,
     classical_nll,
     cox_partial_nll,
     discretised_gaussian_log_pmf,
@@ -30,6 +31,7 @@ __all__ = [
     "ClassicalLoss",
     "CoxLoss",
     "censored_nll",
+    "censored_nll_log_pmf",
     "classical_nll",
     "cox_partial_nll",
     "discretised_gaussian_log_pmf",

@@ -16,6 +16,7 @@ import torch
 __all__ = [
     "discretised_gaussian_log_pmf",
     "censored_nll",
+    "censored_nll_log_pmf",
     "classical_nll",
     "cox_partial_nll",
     "REDUCTIONS",
@@ -126,11 +127,51 @@ def censored_nll(pred: torch.Tensor, time: torch.Tensor, event: torch.Tensor, *,
     _check(reduction, variance, tmax)
     pred, time, event = _as_inputs(pred, time, event)
     logp = discretised_gaussian_log_pmf(pred, variance, tmax)
+    return censored_nll_log_pmf(logp, time, event, alpha_cens=alpha_cens, reduction=reduction)
+
+
+def censored_nll_log_pmf(log_pmf: torch.Tensor, time: torch.Tensor, event: torch.Tensor, *,
+                         alpha_cens: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+    r"""Censoring-aware negative log-likelihood of a discrete distribution on :math:`t = 1..T_{max}`.
+
+    The likelihood of :func:`censored_nll` for any predicted distribution (there, a discretised Gaussian), and of
+    the ``nll`` that ``run.py evaluate`` reports:
+
+    .. math::
+        \ell_i = -\log P_i(T = [t_i]) \text{ if } \delta_i = 1, \qquad
+        \ell_i = -\alpha \log \sum_{s > c_i} P_i(T = s) \text{ if } \delta_i = 0
+
+    with :math:`t_i` clipped to :math:`[1, T_{max}]` and rounded to the nearest integer :math:`[t_i]`, and
+    :math:`c_i` clipped to :math:`[1, T_{max} - 1]` but *not* rounded (censored at 2.6: :math:`P(T \ge 3)`).
+    No floor: a zero probability gives an infinite loss.
+
+    Args:
+        log_pmf: (B, tmax) log-probabilities; column ``t - 1`` holds :math:`\log P(T = t)`.
+        time, event: as for :func:`censored_nll`.
+        alpha_cens: :math:`\alpha`, the weight of censored cases.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Example:
+        >>> import math, torch
+        >>> uniform = torch.full((1, 5), math.log(0.2))
+        >>> round(censored_nll_log_pmf(uniform, torch.tensor([2.6]), torch.tensor([0])).item(), 4)  # -log(3/5)
+        0.5108
+    """
+    _check(reduction)
+    if log_pmf.ndim != 2 or log_pmf.shape[1] < 2:
+        raise ValueError(f"log_pmf must be (B, tmax) with tmax >= 2, got {tuple(log_pmf.shape)}.")
+    tmax = int(log_pmf.shape[1])
+    logp = log_pmf.to(_float(log_pmf))
+    time = torch.as_tensor(time, device=logp.device).to(logp.dtype).reshape(-1)
+    event = torch.as_tensor(event, device=logp.device).reshape(-1).bool()
+    if not (logp.shape[0] == time.shape[0] == event.shape[0]):
+        raise ValueError(f"log_pmf {tuple(logp.shape)}, time {tuple(time.shape)} and event {tuple(event.shape)} "
+                         "must have the same number of cases.")
     time = time.clamp(1.0, float(tmax))
     idx = time.round().long() - 1
     ll_event = logp.gather(1, idx[:, None])[:, 0]
     c = time.clamp(max=float(tmax - 1))
-    s = torch.arange(1, int(tmax) + 1, device=pred.device, dtype=pred.dtype)
+    s = torch.arange(1, tmax + 1, device=logp.device, dtype=logp.dtype)
     ll_cens = torch.logsumexp(logp.masked_fill(s[None, :] <= c[:, None], float("-inf")), dim=1)
     nll = torch.where(event, -ll_event, -float(alpha_cens) * ll_cens)
     return _reduce(nll, reduction)

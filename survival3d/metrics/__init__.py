@@ -1,5 +1,5 @@
-"""Survival metrics (concordance, MAE, IPCW Brier score, time-dependent AUC, censored NLL), their per-run report and
-evaluation figures. See :mod:`survival3d.metrics.survival` for the formulas."""
+"""Survival metrics (concordance, MAE, IPCW Brier score, time-dependent AUC, censored NLL), their per-run report, the
+engine's per-epoch validation metrics and evaluation figures. See :mod:`survival3d.metrics.survival` for the formulas."""
 
 from survival3d.metrics.report import aggregate_folds, survival_metrics
 from survival3d.metrics.survival import (
@@ -17,10 +17,14 @@ from survival3d.metrics.survival import (
     survival_at,
     uno_c_index,
 )
+from survival3d.metrics.validation import METRIC_MODES, METRIC_NAMES, validation_metrics
 
 __all__ = [
     "aggregate_folds",
     "survival_metrics",
+    "validation_metrics",
+    "METRIC_MODES",
+    "METRIC_NAMES",
     "brier_score",
     "censored_nll",
     "censoring_km",

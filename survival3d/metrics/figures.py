@@ -3,12 +3,12 @@ tertile with the log-rank p-value, and calibration of the predicted survival at 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from survival3d.io import atomic_path
 from survival3d.metrics.survival import pmf_to_survival, survival_at
 
 __all__ = ["plot_pred_vs_observed", "plot_km_by_risk_tertile", "plot_calibration", "save_figure"]
@@ -26,11 +26,11 @@ def _plt():
 def save_figure(fig, path: str | Path) -> Path:
     """Save atomically (temp file + rename) and close the figure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    _plt().close(fig)
+    try:
+        with atomic_path(path) as tmp:  # the temporary name keeps the suffix: matplotlib picks the format by it
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    finally:
+        _plt().close(fig)
     return path
 
 

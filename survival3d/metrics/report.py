@@ -103,12 +103,29 @@ def survival_metrics(
     return out
 
 
-def aggregate_folds(per_fold: Sequence[Mapping]) -> dict:
-    """Mean, sd (ddof=1) and n of every scalar metric over folds: ``{metric: {"mean", "sd", "n"}}``."""
-    keys = sorted({k for m in per_fold for k, v in m.items() if isinstance(v, (int, float)) or v is None})
+def _number(v) -> float | None:
+    """``v`` as a finite float, or None (None, NaN, infinite, booleans and non-numbers are no metric values)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def aggregate_folds(per_fold: Sequence[Mapping], keys: Sequence[str] | None = None) -> dict:
+    """Mean, sample sd (ddof=1; 0 for a single value) and n of each metric over folds: ``{metric: {"mean", "sd",
+    "n"}}``.
+
+    Args:
+        per_fold: one metrics mapping per fold.
+        keys: the metrics to aggregate; default: every key with a numeric value in some fold (sorted).
+
+    None, NaN and infinite values are left out (``n`` counts the rest); a metric with no value left is omitted.
+    """
+    if keys is None:
+        keys = sorted({k for m in per_fold for k, v in m.items() if _number(v) is not None})
     agg = {}
     for k in keys:
-        vals = np.array([m[k] for m in per_fold if isinstance(m.get(k), (int, float))], dtype=float)
+        vals = np.array([x for m in per_fold if (x := _number(m.get(k))) is not None], dtype=float)
         if vals.size == 0:
             continue
         agg[k] = {

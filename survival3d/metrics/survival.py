@@ -290,37 +290,37 @@ def cumulative_dynamic_auc(time, event, risk_t, horizons, *, train_time=None, tr
     return out
 
 
-def censored_nll(pmf, time, event, alpha_cens: float = 1.0, *, eps: float = 1e-12) -> float:
-    r"""Mean negative log-likelihood of the censored loss under a discrete predicted distribution.
+def censored_nll(pmf, time, event, alpha_cens: float = 1.0) -> float:
+    r"""Mean censored negative log-likelihood of a discrete predicted distribution: the training loss's likelihood.
 
     .. math::
-        \mathrm{NLL} = -\frac1n \sum_i \left[ \delta_i \log \hat p_i(T_i)
-                      + \alpha_{cens} (1 - \delta_i) \log \hat S_i(C_i) \right],
-        \quad \hat S_i(C_i) = \sum_{t > C_i} \hat p_i(t)
+        \mathrm{NLL} = -\frac1n \sum_i \left[ \delta_i \log \hat p_i([T_i])
+                      + \alpha_{cens} (1 - \delta_i) \log \sum_{t > C_i} \hat p_i(t) \right]
 
-    ``pmf`` is over :math:`t = 1..t_{max}`; times are rounded to the grid and clipped into it. ``alpha_cens``
-    (ALPHA_CENS) up-weights the censored term as in training.
+    computed by :func:`survival3d.losses.functional.censored_nll_log_pmf` (the formula of the ``censored`` loss):
+    ``pmf`` is over :math:`t = 1..t_{max}`; event times are clipped into the grid and rounded, censoring times are
+    clipped to :math:`[1, t_{max} - 1]` and not rounded. A zero probability where the likelihood needs mass gives
+    ``inf`` (no floor).
 
     Args:
         pmf: (n, tmax) predicted probabilities (rows sum to 1).
         time: (n,) observed times; event: (n,) 0/1.
-        alpha_cens: weight of censored cases.
-        eps: floor inside the logarithms.
+        alpha_cens: ALPHA_CENS, the weight of censored cases (as in training).
     """
+    import torch
+
+    from survival3d.losses.functional import censored_nll_log_pmf
+
     pmf = np.asarray(pmf, dtype=float)
     time, event, pmf = _check_survival(time, event, pmf, names=("pmf",))
-    if pmf.ndim != 2:
-        raise ValueError(f"pmf must be (n, tmax), got shape {pmf.shape}.")
+    if pmf.ndim != 2 or pmf.shape[1] < 2:
+        raise ValueError(f"pmf must be (n, tmax) with tmax >= 2, got shape {pmf.shape}.")
     if alpha_cens < 0:
         raise ValueError(f"alpha_cens must be >= 0, got {alpha_cens}.")
-    tmax = pmf.shape[1]
-    k = np.clip(np.rint(time).astype(int), 1, tmax)
-    rows = np.arange(time.size)
-    log_p = np.log(np.maximum(pmf[rows, k - 1], eps))
-    tail = np.concatenate([np.cumsum(pmf[:, ::-1], axis=1)[:, ::-1], np.zeros((time.size, 1))], axis=1)
-    log_s = np.log(np.maximum(tail[rows, k], eps))  # P(T > C) = sum_{t >= C+1} pmf
-    ll = np.where(event, log_p, alpha_cens * log_s)
-    return float(-ll.mean())
+    with np.errstate(divide="ignore"):
+        log_pmf = torch.from_numpy(np.log(pmf))
+    nll = censored_nll_log_pmf(log_pmf, torch.from_numpy(time), torch.from_numpy(event), alpha_cens=alpha_cens)
+    return float(nll)
 
 
 def default_horizons(time, event, quantiles=(0.25, 0.5, 0.75)) -> np.ndarray:

@@ -186,3 +186,57 @@ def test_ill_arguments(fn):
 def test_all_censored_has_no_comparable_pair(fn):
     with pytest.raises(ValueError, match="comparable"):
         fn([1.0, 2.0, 3.0], [3.0, 2.0, 1.0], [0, 0, 0])
+
+
+def test_censored_nll_metric_equals_training_loss(rng):
+    """The evaluate metric is the ``censored`` loss's nll on the pmf that loss implies (one formula)."""
+    import torch
+
+    from survival3d.losses import CensoredLoss
+    from survival3d.losses import censored_nll as censored_loss
+    from survival3d.losses import discretised_gaussian_log_pmf
+
+    tmax, n = 50, 64
+    loss = CensoredLoss(alpha_cens=float(rng.uniform(0.5, 3.0)), var_init=float(rng.uniform(10, 200)), tmax=tmax)
+    pred = torch.tensor(rng.uniform(-5, tmax + 5, n), dtype=torch.float64)  # float64: compare formulas, not rounding
+    time = rng.uniform(0, tmax + 10, n)  # off-grid, below 1 and beyond tmax
+    event = rng.integers(0, 2, n)
+    # the nll term of CensoredLoss.forward
+    nll = censored_loss(pred, torch.tensor(time), torch.tensor(event),
+                        variance=loss.variance_tensor(), tmax=tmax, alpha_cens=loss.alpha_cens)
+    pmf = discretised_gaussian_log_pmf(pred, loss.variance_tensor(), tmax).exp().numpy()  # what loss.pmf gives
+    assert censored_nll(pmf, time, event, alpha_cens=loss.alpha_cens) == pytest.approx(float(nll), abs=1e-6, rel=1e-6)
+
+
+def test_censored_nll_off_grid_censoring_follows_the_loss():
+    """Uniform pmf on 1..5 censored at 2.6: the loss (and so the metric) takes P(T > 2.6) = P(T >= 3) = 3/5, without
+    rounding 2.6 to 3 (which would give P(T > 3) = 2/5); an event at 2.6 is rounded: P(T = 3) = 1/5."""
+    import torch
+
+    from survival3d.losses.functional import censored_nll_log_pmf
+
+    pmf = np.full((1, 5), 0.2)
+    assert censored_nll(pmf, [2.6], [0]) == pytest.approx(-np.log(0.6), rel=1e-12)
+    assert censored_nll(pmf, [2.6], [0], alpha_cens=2.0) == pytest.approx(-2 * np.log(0.6), rel=1e-12)
+    assert censored_nll(pmf, [2.6], [1]) == pytest.approx(-np.log(0.2), rel=1e-12)
+    loss = censored_nll_log_pmf(torch.log(torch.tensor(pmf)), torch.tensor([2.6]), torch.tensor([0]))
+    assert float(loss) == pytest.approx(-np.log(0.6), rel=1e-12)
+    # censored at or beyond tmax: capped at tmax - 1, i.e. P(T = 5) (not log 0)
+    assert censored_nll(pmf, [7.0], [0]) == pytest.approx(-np.log(0.2), rel=1e-12)
+    # no floor: zero mass where the likelihood needs it is an infinite loss
+    assert censored_nll(np.array([[1.0, 0, 0, 0, 0]]), [3.0], [1]) == np.inf
+
+
+def test_aggregate_folds_ignores_missing_and_nan():
+    from survival3d.metrics import aggregate_folds
+
+    folds = [{"c_index": 0.6, "n": 10, "fold": "fold0", "ok": True},
+             {"c_index": float("nan"), "n": 12, "fold": "fold1"},
+             {"c_index": 0.8, "n": 14, "mae": None},
+             {"n": 16}]
+    agg = aggregate_folds(folds)
+    assert set(agg) == {"c_index", "n"}  # strings, booleans, None-only keys are no metrics
+    assert agg["c_index"] == {"mean": pytest.approx(0.7), "sd": pytest.approx(np.std([0.6, 0.8], ddof=1)), "n": 2}
+    assert agg["n"]["n"] == 4 and agg["n"]["sd"] == pytest.approx(np.std([10, 12, 14, 16], ddof=1))
+    assert aggregate_folds(folds, keys=["c_index", "mae"]) == {"c_index": agg["c_index"]}
+    assert aggregate_folds(folds[:1], keys=["c_index"])["c_index"]["sd"] == 0.0
