@@ -166,7 +166,7 @@ class SurvivalContender(BenchContender):
         from survival3d.config import ExperimentConfig, load_config
         from survival3d.losses import build_loss
         from survival3d.models import build_model
-        from survival3d.models.output import CovariateSpec
+        from survival3d.contracts import CovariateSpec
 
         if num_numeric > len(self._NUMERIC_NAMES) or len(cardinalities) > len(self._CATEGORICAL_NAMES):
             raise ValueError(

@@ -13,7 +13,7 @@ from torch import nn
 
 from survival3d.errors import ConfigError
 from survival3d.models.heads import HEADS
-from survival3d.models.output import CovariateSpec, SurvivalOutput
+from survival3d.contracts import CovariateSpec, SurvivalOutput
 from survival3d.models.survival_net import SurvivalNet3D
 from survival3d.registry import Registry
 
