@@ -33,7 +33,7 @@ class Components:
     generate_case: Callable | None = None
 
     def model(self, cfg, covariate_spec):
-        return (self.build_model or _import("survival3d.models", "build_model"))(cfg, covariate_spec)
+        return (self.build_model or _import("survival3d.build", "build_survival_model"))(cfg, covariate_spec)
 
     def loss(self, loss_cfg):
         return (self.build_loss or _import("survival3d.losses", "build_loss"))(loss_cfg)
