@@ -8,7 +8,8 @@ import torch
 
 from survival3d.config import ExperimentConfig, load_config
 from survival3d.data.dummy import get_level
-from survival3d.models import CovariateSpec, build_model
+from survival3d.build import build_survival_model
+from survival3d.contracts import CovariateSpec
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -28,7 +29,7 @@ def test_config_builds_and_runs(path):
         assert list(cfg.data.image_size) == [cfg.data.dummy.size] * 3
     cats = [3] * len(cfg.data.covariates.categorical)
     spec = CovariateSpec(len(cfg.data.covariates.numeric), cats)
-    model = build_model(cfg, spec).eval()
+    model = build_survival_model(cfg, spec).eval()
     size = list(cfg.data.image_size or [32, 32, 32])
     num = torch.randn(1, spec.num_numeric) if spec.num_numeric else None
     cat = torch.zeros(1, len(cats), dtype=torch.long) if cats else None

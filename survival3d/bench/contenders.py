@@ -2,7 +2,7 @@
 
 * ``survival3d``: the project's full survival model from a config (Conv3dPatchEmbed → windowed transformer with
   FiLM on a few covariates → localisation head) plus its censored loss, built with
-  :func:`survival3d.models.build_model` and :func:`survival3d.losses.build_loss`. Inference = forward pass +
+  :func:`survival3d.build.build_survival_model` and :func:`survival3d.build.build_survival_loss`. Inference = forward pass +
   the head's localisation heatmap upsampled to the input grid.
 * ``monai_swinvit``: MONAI's ``SwinTransformer``, the SwinUNETR encoder (Hatamizadeh et al., "Swin UNETR: Swin
   Transformers for Semantic Segmentation of Brain Tumors in MRI Images", BrainLes 2021), at the SwinUNETR
@@ -163,10 +163,9 @@ class SurvivalContender(BenchContender):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        from survival3d.build import build_survival_loss, build_survival_model
         from survival3d.config import ExperimentConfig, load_config
-        from survival3d.losses import build_loss
-        from survival3d.models import build_model
-        from survival3d.models.output import CovariateSpec
+        from survival3d.contracts import CovariateSpec
 
         if num_numeric > len(self._NUMERIC_NAMES) or len(cardinalities) > len(self._CATEGORICAL_NAMES):
             raise ValueError(
@@ -189,13 +188,13 @@ class SurvivalContender(BenchContender):
         native = self.checkpointing and "use_checkpoint" in self.cfg.model  # the model's own switch, if it has one
         if native:
             self.cfg.model.use_checkpoint = True
-        model = build_model(self.cfg, self.spec)
+        model = build_survival_model(self.cfg, self.spec)
         if native:
             self.checkpointed = ["model.use_checkpoint"]
         else:
             self.checkpointed = checkpoint_blocks(model) if self.checkpointing else []
         self._finish(model)
-        self.loss_fn = build_loss(self.cfg.loss).to(self.device)
+        self.loss_fn = build_survival_loss(self.cfg).to(self.device)
         self.patch_size = int(getattr(model, "patch_size", self.cfg.model.patch_size))
 
     def make_inputs(self) -> dict[str, torch.Tensor]:

@@ -1,5 +1,8 @@
 """``run.py dummy``: write a synthetic dummy1–6 dataset (NIfTI volumes, masks and ``manifest.csv``).
 
+The generation options are the fields of :class:`~survival3d.data.dummy_spec.DummySpec` (``--feat-frac`` for
+``feat_frac``); only the defaults of ``--n`` and ``--size`` differ (a dataset on disk is bigger).
+
 Example::
 
     python run.py dummy --level 3 --n 200 --size 64 --seed 0 --out data/dummy3 --workers 2 --preview
@@ -7,11 +10,22 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import typing
 
 from survival3d.cli import COMMANDS
+from survival3d.data.dummy_spec import DummySpec
 
 logger = logging.getLogger(__name__)
+
+CLI_DEFAULTS = DummySpec(n=200, size=64)  # ``--level`` is required
+
+
+def _arg_type(annotation) -> type:
+    """``int`` / ``float`` for a DummySpec field annotation (``Optional[float]`` -> ``float``)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
 
 
 @COMMANDS.register("dummy")
@@ -24,22 +38,16 @@ class DummyCommand:
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--level", type=int, required=True, help="dummy level 1-6")
-        parser.add_argument("--n", type=int, default=200, help="number of cases (default 200)")
-        parser.add_argument("--size", type=int, default=64, help="volume edge in voxels (default 64)")
-        parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        hints = typing.get_type_hints(DummySpec)
+        for f in dataclasses.fields(DummySpec):
+            flag = "--" + f.name.replace("_", "-")
+            if f.name == "level":
+                parser.add_argument(flag, type=int, required=True, help=f.metadata["help"])
+                continue
+            default = getattr(CLI_DEFAULTS, f.name)
+            parser.add_argument(flag, type=_arg_type(hints[f.name]), default=default,
+                                help=f"{f.metadata['help']} (default {default})")
         parser.add_argument("--out", required=True, help="output folder")
-        parser.add_argument(
-            "--feat-frac", type=float, default=0.5, help="fraction of scans with a lesion (default 0.5)"
-        )
-        parser.add_argument(
-            "--censor-frac",
-            type=float,
-            default=None,
-            help="fraction of right-censored cases (default: the level's, 0.3; 0.6 for dummy6)",
-        )
-        parser.add_argument("--spacing", type=float, default=1.5, help="isotropic voxel spacing in mm (default 1.5)")
-        parser.add_argument("--tmax", type=int, default=100, help="times are clipped to [1, tmax] (default 100)")
         parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
         parser.add_argument(
             "--preview", action="store_true", help="also write preview.png (slices + contours) and times_hist.png"
@@ -50,19 +58,9 @@ class DummyCommand:
     def run(self, args) -> int:
         from survival3d.data.dummy import write_dummy_dataset
 
+        spec = DummySpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DummySpec)})
         manifest = write_dummy_dataset(
-            args.out,
-            args.level,
-            args.n,
-            size=args.size,
-            seed=args.seed,
-            feat_frac=args.feat_frac,
-            censor_frac=args.censor_frac,
-            spacing=args.spacing,
-            tmax=args.tmax,
-            workers=args.workers,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
+            args.out, spec, workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress
         )
         if args.preview:
             from survival3d.data.preview import save_preview

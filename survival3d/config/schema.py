@@ -20,8 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from survival3d.data.dummy_spec import DummySpec
+
 __all__ = [
-    "DummyDataConfig",
     "CovariateConfig",
     "DataConfig",
     "ModelConfig",
@@ -36,20 +37,6 @@ __all__ = [
 
 
 @dataclass
-class DummyDataConfig:
-    """Synthetic sphere data generated in memory when ``data.source = dummy`` (see docs/dummy.md)."""
-
-    level: int = 1
-    n: int = 96
-    size: int = 32
-    seed: int = 0
-    feat_frac: float = 0.5  # fraction of scans with a lesion (research notes: feat_frac)
-    censor_frac: float = 0.3
-    spacing: float = 1.5  # mm, isotropic
-    tmax: int = 100  # generated times are clipped to [1, tmax]
-
-
-@dataclass
 class CovariateConfig:
     """Manifest columns fed to the FiLM covariate encoder."""
 
@@ -61,7 +48,8 @@ class CovariateConfig:
 class DataConfig:
     source: str = "dummy"  # "dummy" (generated in memory) or "manifest"
     manifest: Optional[str] = None  # CSV with id,image,time,event[,mask,lung_mask,expected_time,covariates...]
-    dummy: DummyDataConfig = field(default_factory=DummyDataConfig)
+    # the generator's parameters (survival3d.data.dummy_spec.DummySpec); the config default censors 30% at every level
+    dummy: DummySpec = field(default_factory=lambda: DummySpec(censor_frac=0.3))
     covariates: CovariateConfig = field(default_factory=CovariateConfig)
     image_size: list[int] = field(default_factory=lambda: [32, 32, 32])  # model input (pad/resize)
     spatial: str = "resize"  # resize (interpolate to image_size) | pad_crop (keep voxel size, centre pad/crop)

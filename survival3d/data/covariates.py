@@ -4,7 +4,7 @@ Numeric columns are standardised with the training split's mean and standard dev
 the training mean, i.e. 0 after standardisation). Categorical columns get a level vocabulary from the training split;
 index 0 is the 'unknown' slot that takes missing values and levels never seen in training, so a validation or
 deployment case with a new level still runs. The encoder's :attr:`spec` is the
-:class:`~survival3d.models.output.CovariateSpec` a model is built with.
+:class:`~survival3d.contracts.CovariateSpec` a model is built with.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from survival3d.errors import InputError
-from survival3d.models.output import CovariateSpec
+from survival3d.contracts import CovariateSpec
 
 __all__ = ["CovariateEncoder", "UNKNOWN"]
 

@@ -31,6 +31,7 @@ import torch
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset, get_track_meta, set_track_meta
 
 from survival3d.data.covariates import CovariateEncoder
+from survival3d.data.dummy_spec import DummySpec
 from survival3d.data.transforms import MASK_KEYS, deterministic_transforms, random_transforms
 from survival3d.errors import ConfigError, InputError
 
@@ -97,18 +98,16 @@ def _meta(array: np.ndarray, affine) -> MetaTensor:
 
 
 def dummy_cases(dummy_cfg, *, generate_case: Callable | None = None) -> Cases:
-    """Generate ``data.dummy`` cases in memory with :func:`survival3d.data.dummy.generate_case`."""
+    """Generate the ``data.dummy`` cases (a :class:`DummySpec` section) in memory: ``generate_case(level, i,
+    **spec.case_kwargs())`` for ``i < n``, by default :func:`survival3d.data.dummy.generate_case`."""
     if generate_case is None:
         from survival3d.data.dummy import generate_case  # owned by the dummy-data module
-    d = dummy_cfg
+    d = DummySpec.from_section(dummy_cfg)
     if int(d.n) < 4:
         raise ConfigError(f"data.dummy.n must be at least 4 to split into train and validation, got {d.n}.")
     records = []
     for i in range(int(d.n)):
-        case = generate_case(
-            int(d.level), i, size=int(d.size), seed=int(d.seed), feat_frac=float(d.feat_frac),
-            censor_frac=float(d.censor_frac), spacing=float(d.spacing), tmax=int(d.tmax),
-        )
+        case = generate_case(d.level, i, **d.case_kwargs())
         affine = case.get("affine")
         if affine is None:
             affine = np.diag([float(d.spacing)] * 3 + [1.0])

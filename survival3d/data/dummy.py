@@ -19,7 +19,11 @@ Example::
 
     case = generate_case(3, 0, size=64, seed=0)
     case["image"].shape, case["mask"].sum() > 0, case["time"], case["event"]
-    ds = DummyDataset(level=1, n=96, size=32, seed=0)  # in memory, MONAI-compatible
+    spec = DummySpec(level=3, n=200, size=64)  # the parameters (also the ``data.dummy`` config section)
+    write_dummy_dataset("data/dummy3", spec)
+
+The in-memory MONAI dataset is :class:`survival3d.data.dummy_dataset.DummyDataset`. Every function taking a ``spec``
+accepts a :class:`DummySpec` or a level (``3``, ``"dummy3"``), and keyword arguments overriding its fields.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ import os
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
+
+from survival3d.data.dummy_spec import DummySpec
 from survival3d.errors import ConfigError
 from survival3d.registry import Registry
 
@@ -49,14 +55,15 @@ __all__ = [
     "LogNormalBurdenTimes",
     "ClinicalCovariates",
     "DummyLevel",
+    "DummySpec",
     "CaseParams",
+    "as_spec",
     "get_level",
     "check_params",
     "sample_case",
     "render_case",
     "case_scalars",
     "generate_case",
-    "DummyDataset",
     "write_dummy_dataset",
 ]
 
@@ -446,23 +453,29 @@ def get_level(level: Union[int, str, DummyLevel]) -> DummyLevel:
     return DUMMY_LEVELS.build(key)
 
 
-def check_params(
-    level: Union[int, str, DummyLevel],
-    *,
-    n: int = 1,
-    size: int = 32,
-    seed: int = 0,
-    feat_frac: float = 0.5,
-    censor_frac: Optional[float] = None,
-    spacing: float = 1.5,
-    tmax: float = 100,
-) -> DummyLevel:
-    """Validate generation parameters; returns the level.
+SpecLike = Union[DummySpec, int, str, DummyLevel]
+
+
+def as_spec(spec: Optional[SpecLike] = None, **fields: Any) -> DummySpec:
+    """``spec`` (a :class:`DummySpec`, or a level for ``DummySpec(level=...)``; None: the defaults) with ``fields``
+    (DummySpec field names) overriding its values. Not validated: see :func:`check_params`."""
+    if spec is None:
+        return DummySpec(**fields)
+    if isinstance(spec, DummySpec):
+        return replace(spec, **fields) if fields else spec
+    return DummySpec(level=spec, **fields)
+
+
+def check_params(spec: SpecLike, **fields: Any) -> DummyLevel:
+    """Validate generation parameters (``as_spec(spec, **fields)``); returns the level.
 
     Raises:
         ConfigError: naming the bad parameter, its value and the valid range.
     """
-    lvl = get_level(level)
+    spec = as_spec(spec, **fields)
+    lvl = get_level(spec.level)
+    n, size, seed, feat_frac = spec.n, spec.size, spec.seed, spec.feat_frac
+    censor_frac, spacing, tmax = spec.censor_frac, spec.spacing, spec.tmax
     if int(n) != n or n < 1:
         raise ConfigError(f"n must be a positive integer, got {n}.")
     if int(size) != size or size < lvl.min_size:
@@ -532,23 +545,18 @@ def _place(
     return placed
 
 
-def sample_case(
-    level: Union[int, str, DummyLevel],
-    index: int,
-    *,
-    seed: int = 0,
-    feat_frac: float = 0.5,
-    censor_frac: Optional[float] = None,
-    tmax: float = 100,
-) -> CaseParams:
-    """Draw a case's anatomy, spheres, covariates and times without rendering voxels.
+def sample_case(spec: SpecLike, index: int, **fields: Any) -> CaseParams:
+    """Draw case ``index``'s anatomy, spheres, covariates and times without rendering voxels (uses ``level``,
+    ``seed``, ``feat_frac``, ``censor_frac`` and ``tmax`` of ``as_spec(spec, **fields)``).
 
     ``censor_frac=None`` uses the level's default (0.3; 0.6 for dummy6). Times are clipped to [1, tmax] and
     rounded to 0.01. A censored case (``u_index < censor_frac`` in the golden-ratio sequence, independent of
     everything else about the case) is observed at ``1 + (T - 1) * U``, U ~ Uniform(0, 1).
     """
-    lvl = get_level(level)
-    censor_frac = lvl.default_censor_frac if censor_frac is None else censor_frac
+    spec = as_spec(spec, **fields)
+    lvl = get_level(spec.level)
+    seed, feat_frac, tmax = spec.seed, spec.feat_frac, spec.tmax
+    censor_frac = lvl.default_censor_frac if spec.censor_frac is None else spec.censor_frac
     geo_ss, cov_ss, time_ss, _ = _case_seeds(lvl, index, seed)
     rng = np.random.default_rng(geo_ss)
     anatomy = lvl.background.sample(rng)
@@ -586,11 +594,12 @@ def sample_case(
     )
 
 
-def render_case(
-    level: Union[int, str, DummyLevel], params: CaseParams, *, size: int = 32, seed: int = 0
-) -> dict[str, Optional[np.ndarray]]:
-    """Voxelise a case: ``image`` (float32 HU), ``mask``, ``lung_mask``, ``distractor_mask`` (uint8 or None)."""
-    lvl = get_level(level)
+def render_case(spec: SpecLike, params: CaseParams, **fields: Any) -> dict[str, Optional[np.ndarray]]:
+    """Voxelise a case at ``size`` with the noise of ``seed`` (of ``as_spec(spec, **fields)``): ``image``
+    (float32 HU), ``mask``, ``lung_mask``, ``distractor_mask`` (uint8 or None)."""
+    spec = as_spec(spec, **fields)
+    lvl = get_level(spec.level)
+    size, seed = spec.size, spec.seed
     bg = lvl.background
     rng = np.random.default_rng(_case_seeds(lvl, params.index, seed)[3])
     image, lung = bg.render(params.anatomy, size)
@@ -645,18 +654,12 @@ def case_scalars(params: CaseParams, lvl: DummyLevel) -> dict[str, Any]:
     return out
 
 
-def generate_case(
-    level: Union[int, str, DummyLevel],
-    index: int,
-    *,
-    size: int = 32,
-    seed: int = 0,
-    feat_frac: float = 0.5,
-    censor_frac: Optional[float] = None,
-    spacing: float = 1.5,
-    tmax: float = 100,
-) -> dict[str, Any]:
-    """Generate case ``index`` of a dummy level.
+def generate_case(spec: SpecLike, index: int, **fields: Any) -> dict[str, Any]:
+    """Generate case ``index`` of ``as_spec(spec, **fields)``, e.g. ``generate_case(3, 0, size=64, seed=0)``
+    (``n`` is not used).
+
+    Raises:
+        ConfigError: invalid parameters (see :func:`check_params`).
 
     Returns:
         ``image`` (size³ float32, HU-like), ``mask`` (uint8 lesion mask), ``lung_mask`` / ``distractor_mask``
@@ -664,14 +667,14 @@ def generate_case(
         (4x4), ``n_lesions``, ``lesion_volume_mm3``, ``n_distractors`` (None without distractors), and for
         dummy6 the covariates ``age``, ``sex``, ``smoking_status``.
     """
-    lvl = check_params(
-        level, size=size, seed=seed, feat_frac=feat_frac, censor_frac=censor_frac, spacing=spacing, tmax=tmax
-    )
-    params = sample_case(lvl, index, seed=seed, feat_frac=feat_frac, censor_frac=censor_frac, tmax=tmax)
-    case = render_case(lvl, params, size=size, seed=seed)
+    spec = as_spec(spec, **fields)
+    spec = replace(spec, level=check_params(spec))  # resolve the level once
+    lvl = spec.level
+    params = sample_case(spec, index)
+    case = render_case(spec, params)
     case.update(case_scalars(params, lvl))
-    case["lesion_volume_mm3"] = float(case["mask"].sum()) * spacing**3
-    case["affine"] = _affine(spacing)
+    case["lesion_volume_mm3"] = float(case["mask"].sum()) * spec.spacing**3
+    case["affine"] = _affine(spec.spacing)
     return case
 
 
@@ -686,8 +689,8 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 _FOLDERS = {"image": "images", "mask": "masks", "lung_mask": "lung_masks", "distractor_mask": "distractor_masks"}
 
 
-def _write_case(index: int, *, out: Path, level: str, kwargs: dict) -> dict[str, Any]:
-    case = generate_case(level, index, **kwargs)
+def _write_case(index: int, *, out: Path, spec: DummySpec) -> dict[str, Any]:
+    case = generate_case(spec, index)
     row: dict[str, Any] = {}
     for key, folder in _FOLDERS.items():
         if case[key] is None:
@@ -702,20 +705,14 @@ def _write_case(index: int, *, out: Path, level: str, kwargs: dict) -> dict[str,
 
 def write_dummy_dataset(
     out: Union[str, os.PathLike],
-    level: Union[int, str],
-    n: int,
+    spec: SpecLike,
     *,
-    size: int = 64,
-    seed: int = 0,
-    feat_frac: float = 0.5,
-    censor_frac: Optional[float] = None,
-    spacing: float = 1.5,
-    tmax: float = 100,
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    **fields: Any,
 ) -> Path:
-    """Write ``n`` cases as NIfTI (``images/``, ``masks/``, ``lung_masks/``, ``distractor_masks/``), a
+    """Write the ``n`` cases of ``as_spec(spec, **fields)`` as NIfTI (``images/``, ``masks/``, ``lung_masks/``, ``distractor_masks/``), a
     ``dummy_params.json`` with the generation parameters, and ``manifest.csv`` (relative paths) last and
     atomically, so an interrupted run leaves no manifest. Returns the manifest's path.
 
@@ -729,9 +726,9 @@ def write_dummy_dataset(
 
     from survival3d.data.manifest import write_manifest
 
-    lvl = check_params(
-        level, n=n, size=size, seed=seed, feat_frac=feat_frac, censor_frac=censor_frac, spacing=spacing, tmax=tmax
-    )
+    spec = as_spec(spec, **fields)
+    lvl = check_params(spec)
+    n, size = spec.n, spec.size
     if int(workers) != workers or workers < 0:
         raise ConfigError(f"workers must be a non-negative integer, got {workers}.")
     out = Path(out)
@@ -740,15 +737,15 @@ def write_dummy_dataset(
         if not overwrite:
             raise ConfigError(f"{manifest} already exists; choose another --out or pass --overwrite.")
         manifest.unlink()  # first, so that an interrupted overwrite leaves no stale manifest
-    kwargs = dict(size=size, seed=seed, feat_frac=feat_frac, censor_frac=censor_frac, spacing=spacing, tmax=tmax)
     for key, folder in _FOLDERS.items():
         if key in ("image", "mask") or (key == "lung_mask" and lvl.has_lungs) or (
             key == "distractor_mask" and lvl.distractors is not None
         ):
             (out / folder).mkdir(parents=True, exist_ok=True)
-    (out / "dummy_params.json").write_text(json.dumps({"level": lvl.name, "n": n, **kwargs}, indent=2) + "\n")
+    params = {"level": lvl.name, "n": n, **spec.case_kwargs()}
+    (out / "dummy_params.json").write_text(json.dumps(params, indent=2) + "\n")
 
-    job = partial(_write_case, out=out.resolve(), level=lvl.name, kwargs=kwargs)
+    job = partial(_write_case, out=out.resolve(), spec=replace(spec, level=lvl.name))
     bar = tqdm(total=n, desc=f"{lvl.name} ({size}^3)", unit="case", disable=not progress)
     rows = []
     if workers <= 1:
@@ -766,13 +763,3 @@ def write_dummy_dataset(
     write_manifest(frame, manifest)
     logger.info("wrote %d %s cases to %s", n, lvl.name, manifest)
     return manifest
-
-
-def __getattr__(name: str):
-    # DummyDataset needs MONAI, whose import is slow: load it on first use, so that the CLI and the writer's
-    # worker processes stay light.
-    if name == "DummyDataset":
-        from survival3d.data.dummy_dataset import DummyDataset
-
-        return DummyDataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

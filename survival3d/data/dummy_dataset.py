@@ -1,17 +1,18 @@
 """The in-memory dummy dataset: :func:`~survival3d.data.dummy.generate_case` behind a MONAI ``Dataset``.
 
-Importable as ``survival3d.data.dummy.DummyDataset`` (loaded lazily there, because importing MONAI is slow).
+A module of its own because importing MONAI is slow: the CLI and the writer's worker processes do not need it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from dataclasses import replace
+from typing import Any, Optional
 
 from monai.data import Dataset
 from monai.transforms import apply_transform
 
-from survival3d.data.dummy import case_scalars, check_params, generate_case, sample_case
+from survival3d.data.dummy import SpecLike, as_spec, case_scalars, check_params, generate_case, sample_case
 from survival3d.errors import ConfigError
 
 __all__ = ["DummyDataset"]
@@ -25,45 +26,33 @@ class DummyDataset(Dataset):
     axis: add one with e.g. ``EnsureChannelFirstd(keys, channel_dim="no_channel")``.
 
     Args:
-        level: 1..6 or "dummyN".
-        n: number of cases (ignored when ``indices`` is given).
-        size, seed, feat_frac, censor_frac, spacing, tmax: see :func:`generate_case`.
+        spec: a :class:`~survival3d.data.dummy_spec.DummySpec` or a level (None: the defaults); ``fields``
+            (``level``, ``n``, ``size``, ``seed``, ...) override its values. ``n`` is ignored when ``indices`` is
+            given.
         indices: explicit case indices, e.g. ``range(1000, 1200)`` for a held-out set from the same generator.
         transform: a MONAI transform applied to each item.
         cache: keep generated cases in memory (trades memory for speed across epochs).
+
+    Example::
+
+        DummyDataset(level=1, n=96, size=32, seed=0)
     """
 
     def __init__(
         self,
-        level: Union[int, str] = 1,
-        n: int = 96,
-        size: int = 32,
-        seed: int = 0,
+        spec: Optional[SpecLike] = None,
         *,
-        feat_frac: float = 0.5,
-        censor_frac: Optional[float] = None,
-        spacing: float = 1.5,
-        tmax: float = 100,
         indices: Optional[Sequence[int]] = None,
         transform=None,
         cache: bool = False,
+        **fields: Any,
     ):
-        indices = list(range(n)) if indices is None else [int(i) for i in indices]
-        self.level = check_params(
-            level,
-            n=max(len(indices), 1),
-            size=size,
-            seed=seed,
-            feat_frac=feat_frac,
-            censor_frac=censor_frac,
-            spacing=spacing,
-            tmax=tmax,
-        )
+        spec = as_spec(spec, **fields)
+        indices = list(range(spec.n)) if indices is None else [int(i) for i in indices]
+        self.spec = replace(spec, n=max(len(indices), 1))
+        self.level = check_params(self.spec)
         if not indices or min(indices) < 0:
             raise ConfigError(f"indices must be a non-empty list of non-negative integers, got {indices[:5]}.")
-        self.kwargs = dict(
-            size=size, seed=seed, feat_frac=feat_frac, censor_frac=censor_frac, spacing=spacing, tmax=tmax
-        )
         self.cache = cache
         self._cache: dict[int, dict] = {}
         super().__init__(data=indices, transform=transform)
@@ -73,7 +62,7 @@ class DummyDataset(Dataset):
         index = self.data[i]
         if index in self._cache:
             return self._cache[index]
-        case = {k: v for k, v in generate_case(self.level, index, **self.kwargs).items() if v is not None}
+        case = {k: v for k, v in generate_case(self.spec, index).items() if v is not None}
         if self.cache:
             self._cache[index] = case
         return case
@@ -87,5 +76,4 @@ class DummyDataset(Dataset):
         e.g. for stratified splits or an oracle C-index."""
         import pandas as pd
 
-        kw = {k: self.kwargs[k] for k in ("seed", "feat_frac", "censor_frac", "tmax")}
-        return pd.DataFrame([case_scalars(sample_case(self.level, i, **kw), self.level) for i in self.data])
+        return pd.DataFrame([case_scalars(sample_case(self.spec, i), self.level) for i in self.data])

@@ -1,7 +1,7 @@
 """The parts of a survival experiment the engine builds but does not own: the model, the loss and the dummy
 generator.
 
-By default they are the project's own builders, called directly: :func:`survival3d.models.build_model`,
+By default they are the project's own builders, called directly: :func:`survival3d.build.build_survival_model`,
 :func:`survival3d.losses.build_loss` and :func:`survival3d.data.dummy.generate_case`. Passing other callables (same
 signatures) swaps them, e.g. a research prototype or a tiny model in a test.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from survival3d.build import build_survival_model as _build_model
 from survival3d.data.dummy import generate_case as _generate_case
 from survival3d.losses import build_loss as _build_loss
-from survival3d.models import build_model as _build_model
 
 __all__ = ["Components"]
 

@@ -18,7 +18,7 @@ from survival3d.losses.functional import (
     cox_partial_nll,
     discretised_gaussian_log_pmf,
 )
-from survival3d.models.output import SurvivalOutput
+from survival3d.contracts import SurvivalOutput
 from survival3d.registry import Registry
 
 __all__ = ["LOSSES", "CensoredLoss", "ClassicalLoss", "CoxLoss"]

@@ -1,19 +1,20 @@
 """survival3d.models: 3D survival networks, their heads and building blocks.
 
-``build_model(cfg, covariate_spec)`` builds the model named by ``cfg.model.name`` from :data:`MODELS` with the
-``cfg.model`` values as constructor arguments and ``cfg.head`` as its head spec.
+``build_model(cfg, covariate_spec, img_size=...)`` builds the model named by ``cfg.model.name`` from :data:`MODELS`
+with the ``cfg.model`` values as constructor arguments and ``cfg.head`` as its head spec; it reads no other section
+(:func:`survival3d.build.build_survival_model` fills ``img_size`` from the data section).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
 from survival3d.errors import ConfigError
 from survival3d.models.heads import HEADS
-from survival3d.models.output import CovariateSpec, SurvivalOutput
+from survival3d.contracts import CovariateSpec, SurvivalOutput
 from survival3d.models.survival_net import SurvivalNet3D
 from survival3d.registry import Registry
 
@@ -41,13 +42,14 @@ def _section(cfg: Any, name: str) -> dict[str, Any]:
     return dict(sec)
 
 
-def build_model(cfg: Any, covariate_spec: CovariateSpec | None = None) -> nn.Module:
-    """Build the survival model described by ``cfg.model`` and ``cfg.head``.
+def build_model(cfg: Any, covariate_spec: CovariateSpec | None = None, *,
+                img_size: Sequence[int] | None = None) -> nn.Module:
+    """Build the survival model described by ``cfg.model`` and ``cfg.head`` (no other section is read).
 
     Args:
-        cfg: the experiment config (DictConfig, dataclass or mapping) with sections ``model`` and ``head``; when
-            ``model.img_size`` is unset, ``data.image_size`` (if present) is used for it.
+        cfg: a config (DictConfig, dataclass or mapping) with sections ``model`` and ``head``.
         covariate_spec: the covariates to condition on with FiLM (``None``: none).
+        img_size: expected input size (D, H, W), used when ``model.img_size`` is unset.
 
     Raises:
         ConfigError: an unknown model or head name, or a constructor argument the model does not accept.
@@ -55,10 +57,8 @@ def build_model(cfg: Any, covariate_spec: CovariateSpec | None = None) -> nn.Mod
     model_cfg = _section(cfg, "model")
     head_cfg = _section(cfg, "head") or "softmin"
     name = model_cfg.pop("name", "survival3d")
-    if model_cfg.get("img_size") is None:
-        data = _section(cfg, "data")
-        if data.get("image_size") is not None:
-            model_cfg["img_size"] = list(data["image_size"])
+    if model_cfg.get("img_size") is None and img_size is not None:
+        model_cfg["img_size"] = list(img_size)
     try:
         return MODELS.build({"name": name, **model_cfg}, head=head_cfg, covariate_spec=covariate_spec)
     except TypeError as e:

@@ -13,7 +13,7 @@ from survival3d.models.blocks import Conv3dPatchEmbed
 from survival3d.models.blocks.window_attention import MAX_WINDOWS_PER_CALL
 from survival3d.models.heads import HEADS, cubelet_valid_mask
 from survival3d.models.nets import WindowTransformer3D
-from survival3d.models.output import CovariateSpec, SurvivalOutput
+from survival3d.contracts import CovariateSpec, SurvivalOutput
 
 __all__ = ["SurvivalNet3D"]
 

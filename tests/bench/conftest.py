@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 import survival3d.losses
 import survival3d.models
-from survival3d.models.output import CovariateSpec, SurvivalOutput
+from survival3d.contracts import CovariateSpec, SurvivalOutput
 
 
 class _Block(nn.Module):

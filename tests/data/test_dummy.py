@@ -238,8 +238,8 @@ def test_written_dataset_identical_across_worker_counts(tmp_path, rng):
 
     seed, spacing = _seed(rng), float(rng.uniform(0.7, 2.5))
     kw = dict(size=SIZE, seed=seed, spacing=spacing, progress=False)
-    m1 = dm.write_dummy_dataset(tmp_path / "w1", 6, 6, workers=1, **kw)
-    m2 = dm.write_dummy_dataset(tmp_path / "w2", 6, 6, workers=2, **kw)
+    m1 = dm.write_dummy_dataset(tmp_path / "w1", 6, n=6, workers=1, **kw)
+    m2 = dm.write_dummy_dataset(tmp_path / "w2", 6, n=6, workers=2, **kw)
     assert m1.read_text() == m2.read_text()
     df = read_manifest(m1)
     assert {"id", "image", "mask", "lung_mask", "distractor_mask", "time", "event", "expected_time", "age", "sex",
@@ -259,9 +259,9 @@ def test_written_dataset_identical_across_worker_counts(tmp_path, rng):
 
 def test_interrupted_write_leaves_no_manifest(tmp_path, monkeypatch):
     out = tmp_path / "d"
-    dm.write_dummy_dataset(out, 1, 3, size=24, progress=False)
+    dm.write_dummy_dataset(out, 1, n=3, size=24, progress=False)
     with pytest.raises(ConfigError, match="already exists"):
-        dm.write_dummy_dataset(out, 1, 3, size=24, progress=False)
+        dm.write_dummy_dataset(out, 1, n=3, size=24, progress=False)
     real = dm._write_case
 
     def flaky(index, **kw):
@@ -271,7 +271,7 @@ def test_interrupted_write_leaves_no_manifest(tmp_path, monkeypatch):
 
     monkeypatch.setattr(dm, "_write_case", flaky)
     with pytest.raises(KeyboardInterrupt):
-        dm.write_dummy_dataset(out, 1, 5, size=24, progress=False, overwrite=True)
+        dm.write_dummy_dataset(out, 1, n=5, size=24, progress=False, overwrite=True)
     assert not (out / "manifest.csv").exists()
 
 
@@ -308,7 +308,7 @@ def test_dummy_dataset_in_memory_with_monai_loader(rng):
     from monai.data import DataLoader
     from monai.transforms import EnsureChannelFirstd
 
-    from survival3d.data.dummy import DummyDataset
+    from survival3d.data.dummy_dataset import DummyDataset
 
     seed = _seed(rng)
     keys = ["image", "mask", "lung_mask", "distractor_mask"]

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from survival3d.engine.components import Components
-from survival3d.models.output import SurvivalOutput
+from survival3d.contracts import SurvivalOutput
 
 
 def _has(module: str, name: str) -> bool:

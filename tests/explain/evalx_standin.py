@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from survival3d.models.output import SurvivalOutput
+from survival3d.contracts import SurvivalOutput
 
 
 class TinySurvivalModel(nn.Module):

@@ -8,7 +8,7 @@ import torch
 from scipy.stats import norm
 
 from survival3d.losses import CensoredLoss, ClassicalLoss, censored_nll, classical_nll, discretised_gaussian_log_pmf
-from survival3d.models.output import SurvivalOutput
+from survival3d.contracts import SurvivalOutput
 
 
 def reference_pmf(mu: float, var: float, tmax: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import torch
 from survival3d.config import ExperimentConfig, load_config
 from survival3d.errors import ConfigError
 from survival3d.losses import LOSSES, build_loss
-from survival3d.models.output import SurvivalOutput
+from survival3d.contracts import SurvivalOutput
 
 
 def _out(pred, reg=None):

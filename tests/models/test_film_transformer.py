@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from survival3d.models.blocks import CovariateEncoder, FiLM, WindowTransformerBlock3D
+from survival3d.models.blocks import CovariateEmbedding, FiLM, WindowTransformerBlock3D
 from survival3d.models.nets import WindowTransformer3D
 
 
@@ -48,11 +48,11 @@ def test_film_off_ignores_covariates():
 @pytest.mark.parametrize("kwargs", [dict(num_numeric=-1), dict(cardinalities=[0]), dict(), dict(num_numeric=1, hidden=0)])
 def test_encoder_ill_arguments(kwargs):
     with pytest.raises(ValueError):
-        CovariateEncoder(**kwargs)
+        CovariateEmbedding(**kwargs)
 
 
 def test_encoder_bad_inputs():
-    enc = CovariateEncoder(2, [3])
+    enc = CovariateEmbedding(2, [3])
     with pytest.raises(ValueError, match="cov_num"):
         enc(None, torch.zeros(2, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="cov_cat"):
@@ -124,3 +124,9 @@ def test_transformer_ill_arguments(kwargs):
 def test_film_ill_arguments(kwargs):
     with pytest.raises(ValueError):
         FiLM(**kwargs)
+
+
+def test_film_state_dict_keys_unchanged():
+    """Checkpoints store the covariate embedding under ``encoder.`` (its attribute name, kept across renames)."""
+    keys = set(FiLM(4, 2, num_numeric=1, cardinalities=[3]).state_dict())
+    assert {"encoder.embeddings.0.weight", "encoder.mlp.0.weight", "to_film.weight"} <= keys

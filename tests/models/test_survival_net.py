@@ -64,8 +64,8 @@ def test_channels_last_input_same_output():
 def test_every_parameter_gets_a_gradient(head, with_cov):
     spec = CovariateSpec(2, [3]) if with_cov else None
     extra = ["head.entropy_weight=0.01", "head.smooth_weight=0.001"] if head == "softmin" else []
-    model = build_model(_cfg(f"head.name={head}", "model.pos_embed=learnable", "model.stem_convs=2",
-                             "data.image_size=[16,16,16]", *extra), spec)
+    model = build_model(_cfg(f"head.name={head}", "model.pos_embed=learnable", "model.stem_convs=2", *extra), spec,
+                        img_size=(16, 16, 16))
     assert model.uses_film == with_cov
     cov = _cov(2, spec) if with_cov else (None, None)
     x = torch.rand(2, 1, 16, 16, 16)

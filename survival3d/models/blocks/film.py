@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["CovariateEncoder", "FiLM", "embedding_dim_for"]
+__all__ = ["CovariateEmbedding", "FiLM", "embedding_dim_for"]
 
 
 def embedding_dim_for(cardinality: int, max_dim: int = 16) -> int:
@@ -23,7 +23,7 @@ def embedding_dim_for(cardinality: int, max_dim: int = 16) -> int:
     return int(max(1, min(max_dim, round(1.6 * cardinality ** 0.56))))
 
 
-class CovariateEncoder(nn.Module):
+class CovariateEmbedding(nn.Module):
     """Numeric covariates plus one ``nn.Embedding`` per categorical column, concatenated and passed through an MLP.
 
     Args:
@@ -47,7 +47,7 @@ class CovariateEncoder(nn.Module):
         if any(c < 1 for c in cardinalities):
             raise ValueError(f"every categorical cardinality must be >= 1, got {cardinalities}.")
         if num_numeric == 0 and not cardinalities:
-            raise ValueError("CovariateEncoder needs at least one numeric or categorical column.")
+            raise ValueError("CovariateEmbedding needs at least one numeric or categorical column.")
         if hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {hidden}.")
         self.num_numeric = int(num_numeric)
@@ -78,11 +78,11 @@ class FiLM(nn.Module):
     Args:
         channels: channels of the modulated features.
         num_blocks: how many blocks get their own (γ, β).
-        num_numeric, cardinalities: the covariates (see :class:`CovariateEncoder`).
-        hidden: width of the covariate encoder.
+        num_numeric, cardinalities: the covariates (see :class:`CovariateEmbedding`).
+        hidden: width of the covariate embedding (held as ``self.encoder``; the name is part of the state_dict).
 
     Forward:
-        cov_num, cov_cat: as for :class:`CovariateEncoder`.
+        cov_num, cov_cat: as for :class:`CovariateEmbedding`.
 
     Returns:
         gamma, beta: (B, num_blocks, channels) each; apply to block i with :meth:`modulate`.
@@ -94,7 +94,7 @@ class FiLM(nn.Module):
         if channels < 1 or num_blocks < 1:
             raise ValueError(f"channels {channels} and num_blocks {num_blocks} must be positive.")
         self.channels, self.num_blocks = int(channels), int(num_blocks)
-        self.encoder = CovariateEncoder(num_numeric, cardinalities, hidden=hidden)
+        self.encoder = CovariateEmbedding(num_numeric, cardinalities, hidden=hidden)
         self.to_film = nn.Linear(self.encoder.out_dim, 2 * num_blocks * channels)
         nn.init.zeros_(self.to_film.weight)
         nn.init.zeros_(self.to_film.bias)

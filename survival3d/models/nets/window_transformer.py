@@ -31,7 +31,7 @@ class WindowTransformer3D(nn.Module):
         drop_path: stochastic depth of the last block; it rises linearly from 0 over the blocks.
         num_numeric, cardinalities: the covariates; FiLM is built when ``film`` and there is at least one.
         film: condition on covariates (off, or no covariates: every block is unmodulated).
-        film_hidden: width of the covariate encoder.
+        film_hidden: width of the covariate embedding.
         global_residual: add the input tokens to the output of the last block.
         use_checkpoint: activation checkpointing of every block while training (saves memory on large volumes).
         max_windows_per_call: windows per SDPA call.

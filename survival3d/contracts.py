@@ -1,4 +1,4 @@
-"""What every 3D survival model returns: the contract between models, losses, the engine and explainers."""
+"""Shared data contracts (leaf module: torch and stdlib only): what a survival model returns and the covariates it is built for."""
 
 from __future__ import annotations
 
