@@ -186,7 +186,8 @@ class Engine:
         run_dir: the run's folder (``metrics.csv``, checkpoints, wandb).
         dist: the process-group position (single process by default).
         callbacks: objects with optional ``on_step_end(engine, epoch, step)``, ``on_epoch_end(engine, epoch, row)``
-            and ``on_fit_end(engine, results)`` hooks.
+            and ``on_fit_end(engine, results)`` hooks, and hooks a task asks for through :meth:`collect` (the
+            survival task: ``on_final_model(engine) -> dict``).
     """
 
     def __init__(self, task: Task, settings: EngineSettings, run_dir: str | os.PathLike, *, dist: DistInfo | None = None,
@@ -489,6 +490,23 @@ class Engine:
         for cb in self.callbacks:
             if hasattr(cb, "on_epoch_end"):
                 cb.on_epoch_end(self, epoch, row)
+
+    def collect(self, hook: str) -> dict[str, Any]:
+        """Call ``hook(engine)`` on every callback that has it and merge the dicts they return (a task asks for
+        extra results this way, e.g. a closing heatmap). A failing callback is logged and skipped: an add-on must
+        not lose the run's results."""
+        merged: dict[str, Any] = {}
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is None:
+                continue
+            try:
+                out = fn(self)
+            except Exception as e:  # noqa: BLE001 - see the docstring
+                log.warning("%s.%s failed (%s: %s)", type(cb).__name__, hook, type(e).__name__, e)
+                continue
+            merged.update(out or {})
+        return merged
 
     def use_final_weights(self, final: str) -> str:
         """Load the weights the run reports (``best`` or ``last``) into the task's module; returns which."""

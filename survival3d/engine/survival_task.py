@@ -8,11 +8,14 @@ One split owns one run folder (``runs/<name>`` or ``runs/<name>/fold{k}``)::
     checkpoints/best.pt   the epoch with the best ``train.early_stop_metric``
     predictions.csv       id,time,event,pred_time,risk[,expected_time] of the final model on validation
     final_metrics.json    c_index, mae_uncensored, mae_censored, val_loss[, c_index_oracle], epochs, time...
+    heatmap/              softmin p of a validation case with a lesion (``explain.callbacks.HeatmapCallback``,
+                          added by ``run.py train``; ``train.heatmap``)
     wandb/                offline wandb run (``logging.wandb``)
 
 The task fits the covariate encoder on the training split, builds the datasets, loaders, model and loss (through
 :class:`~survival3d.engine.components.Components`), and defines the step (the censoring-aware loss of the model's
-output) and the validation (predictions gathered from every rank → :func:`survival_metrics`). Everything else —
+output) and the validation (predictions gathered from every rank →
+:func:`~survival3d.metrics.validation.validation_metrics`). Everything else —
 AdamW with warm-up + cosine, clipping, bf16 on CUDA, checkpoints, exact resume, early stopping, DDP, logging — is the
 engine's. Augmentation is seeded per (epoch, case), so ``--resume`` after a crash continues exactly as the
 uninterrupted run would have (on CPU; GPU kernels may be non-deterministic unless ``train.deterministic``).
@@ -20,7 +23,6 @@ uninterrupted run would have (on CPU; GPU kernels may be non-deterministic unles
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -37,9 +39,9 @@ from survival3d.engine.components import Components
 from survival3d.engine.distributed import DistInfo, ShardSampler, all_gather_objects
 from survival3d.engine.inference import forward, predict_arrays, predictions_frame
 from survival3d.engine.loop import Engine, EngineSettings, Task
-from survival3d.engine.validation import METRIC_MODES, survival_metrics
 from survival3d.errors import ConfigError, InputError
-from survival3d.io import atomic_write
+from survival3d.io import write_csv, write_json
+from survival3d.metrics.validation import METRIC_MODES, validation_metrics
 from survival3d.registry import did_you_mean
 from survival3d.runtime import autocast
 
@@ -219,7 +221,7 @@ class SurvivalTask(Task):
         for key in ("time", "event", "pred_time", "risk", "expected_time"):
             if key in arrays:
                 arrays[key] = arrays[key][perm]
-        return survival_metrics(arrays), arrays
+        return validation_metrics(arrays), arrays
 
     # ------------------------------------------------------------------ outputs
     def finish(self, engine: Engine) -> dict[str, Any]:
@@ -233,26 +235,10 @@ class SurvivalTask(Task):
                  "device": str(self.device), "world_size": engine.dist.world_size}
         if engine.dist.is_main:
             run_dir = engine.run_dir
-            with atomic_write(run_dir / "predictions.csv", "w", newline="") as f:
-                predictions_frame(arrays).to_csv(f, index=False)  # full precision: the C-index recomputes from the file
-            if t.heatmap:
-                try:
-                    info = self._heatmap(run_dir)
-                except Exception as e:  # noqa: BLE001 - a picture must not lose the run's results
-                    log.warning("heatmap failed (%s: %s)", type(e).__name__, e)
-                    info = None
-                if info is not None:
-                    final["heatmap"] = info["png"]
-                    final["heatmap_nifti"] = info["nifti"]
-                    final["p_on_lesion"] = info["p_on_lesion"]
-            with atomic_write(run_dir / "final_metrics.json", "w") as f:
-                f.write(json.dumps(_json_safe(final), indent=2))
+            write_csv(run_dir / "predictions.csv", predictions_frame(arrays))  # full precision: the C-index recomputes
+            final.update(engine.collect("on_final_model"))  # e.g. the closing heatmap (explain.HeatmapCallback)
+            write_json(run_dir / "final_metrics.json", _json_safe(final))
         return final
-
-    def _heatmap(self, run_dir: Path):
-        from survival3d.engine.heatmap import write_heatmap
-
-        return write_heatmap(self.model, self.val_ds, run_dir / "heatmap", self.device, amp=self.amp)
 
 
 def train_split(cfg, run_dir: str | Path, cases: Cases, split: dict[str, list[str]], *, components: Components | None = None,

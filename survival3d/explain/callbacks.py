@@ -85,9 +85,19 @@ class HeatmapCallback:
     def __init__(self, folder: str = "heatmap"):
         self.folder = folder
 
+    def on_final_model(self, engine) -> dict[str, Any] | None:
+        """Engine hook, called by the survival task with its final weights loaded: write the heatmap of the task's
+        validation set; returns ``{"heatmap": png, "heatmap_nifti": nifti, "p_on_lesion": share}`` for the run's
+        final metrics (``None`` when there is nothing to show)."""
+        task = engine.task
+        info = self.write(engine.run_dir, task.model, task.val_ds, engine.device, getattr(task, "amp", False))
+        if info is None:
+            return None
+        return {"heatmap": info["png"], "heatmap_nifti": info["nifti"], "p_on_lesion": info["p_on_lesion"]}
+
     @torch.no_grad()
-    def on_fit_end(self, run_dir: str | Path, model: torch.nn.Module, val_dataset, device: torch.device,
-                   amp: bool = False) -> dict[str, Any] | None:
+    def write(self, run_dir: str | Path, model: torch.nn.Module, val_dataset, device: torch.device,
+              amp: bool = False) -> dict[str, Any] | None:
         """Write the files under ``run_dir/<folder>``; returns ``heatmap.json``'s content (``png``, ``nifti``,
         ``image`` paths, ``p_on_lesion``, ``lesion_cubelet_frac``, ``id``, ``pred_time``, ``time``, ``event``), or
         ``None`` when no validation case has a lesion mask or the model's head gives no p map."""

@@ -20,6 +20,7 @@ from survival3d.engine.experiment import run_experiment
 from survival3d.engine.loop import NonFiniteLossError
 from survival3d.engine.optim import warmup_cosine
 from survival3d.errors import ConfigError
+from survival3d.explain.callbacks import HeatmapCallback
 
 
 def _rows(path):
@@ -29,7 +30,7 @@ def _rows(path):
 
 def test_run_outputs_and_c_index_recomputed_from_predictions(tiny_cfg, components):
     cfg = tiny_cfg("train.final=last")
-    final = run_experiment(cfg, components=components)
+    final = run_experiment(cfg, components=components, callbacks=[HeatmapCallback()])
     run = Path(cfg.out_dir) / cfg.name
     for name in ("config.yaml", "metrics.csv", "splits.json", "predictions.csv", "final_metrics.json",
                  "checkpoints/last.pt", "checkpoints/best.pt"):

@@ -1,10 +1,11 @@
-"""The training-time heatmap callback writes what engine/heatmap.py's write_heatmap wrote."""
+"""The training-time heatmap callback: the case it shows, p upsampled to voxels, the share of p on the lesion."""
 
 import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from survival3d.explain.callbacks import HeatmapCallback
@@ -21,31 +22,35 @@ def _case(i: int, size: int = 16, radius: float = 3.0) -> dict:
             "time": float(10 + i), "event": i % 2, "cov_num": torch.zeros(2), "cov_cat": torch.zeros(0, dtype=torch.long)}
 
 
-def test_heatmap_callback_matches_engine_heatmap(tmp_path):
-    from survival3d.engine.heatmap import write_heatmap
-
+def test_heatmap_callback_writes_p_and_lesion_share(tmp_path):
     torch.manual_seed(0)
-    model = TinySurvivalModel(patch_size=4)
+    model = TinySurvivalModel(patch_size=4).eval()
     ds = [_case(i) for i in range(4)]
-    info = HeatmapCallback().on_fit_end(tmp_path / "new", model, ds, torch.device("cpu"), False)
-    ref = write_heatmap(model, ds, tmp_path / "old" / "heatmap", torch.device("cpu"))
-    assert info is not None and ref is not None
-    assert info["p_on_lesion"] == ref["p_on_lesion"] and info["id"] == ref["id"]
-    assert info["lesion_cubelet_frac"] == ref["lesion_cubelet_frac"]
+    info = HeatmapCallback().write(tmp_path, model, ds, torch.device("cpu"), False)
+    assert info is not None
+    # the case shown: the uncensored case with the largest lesion
+    events = [c for c in ds if c["event"] == 1]
+    shown = max(events, key=lambda c: float(c["mask"].sum()))
+    assert info["id"] == shown["id"]
+    with torch.no_grad():
+        p = model(shown["image"][None]).p[0, 0]
+    touched = torch.nn.functional.max_pool3d(shown["mask"][None], 4)[0, 0] > 0
+    assert info["p_on_lesion"] == pytest.approx(float(p[touched].sum()), abs=1e-6)
+    assert info["lesion_cubelet_frac"] == pytest.approx(float(touched.float().mean()), abs=1e-9)
     for key in ("png", "nifti", "image"):
-        assert Path(info[key]).name == Path(ref[key]).name and Path(info[key]).is_file()
-        assert Path(info[key]).parent == tmp_path / "new" / "heatmap"
-    for key in ("nifti", "image"):
-        a, b = nib.load(info[key]), nib.load(ref[key])
-        np.testing.assert_array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
-        assert a.header == b.header
-    assert json.loads((tmp_path / "new" / "heatmap" / "heatmap.json").read_text()) == info
+        assert Path(info[key]).is_file() and Path(info[key]).parent == tmp_path / "heatmap"
+    heat = nib.load(info["nifti"])
+    assert heat.shape == (16, 16, 16)
+    # p upsampled cubelet -> voxels: every voxel of a cubelet carries its p, so the volume sums to 4**3 * sum(p) = 64
+    assert float(np.asanyarray(heat.dataobj).sum()) == pytest.approx(64.0, rel=1e-4)
+    np.testing.assert_allclose(np.asanyarray(heat.dataobj)[:4, :4, :4], float(p[0, 0, 0]), rtol=1e-5)
+    assert json.loads((tmp_path / "heatmap" / "heatmap.json").read_text()) == info
 
 
 def test_heatmap_callback_skips_without_lesion_or_p(tmp_path):
     model = TinySurvivalModel(patch_size=4)
     no_mask = [{k: v for k, v in _case(0).items() if k != "mask"}]
-    assert HeatmapCallback().on_fit_end(tmp_path, model, no_mask, torch.device("cpu"), False) is None
+    assert HeatmapCallback().write(tmp_path, model, no_mask, torch.device("cpu"), False) is None
 
     class NoP(torch.nn.Module):
         def __init__(self):
@@ -57,5 +62,5 @@ def test_heatmap_callback_skips_without_lesion_or_p(tmp_path):
             out.p = None
             return out
 
-    assert HeatmapCallback().on_fit_end(tmp_path, NoP(), [_case(1)], torch.device("cpu"), False) is None
+    assert HeatmapCallback().write(tmp_path, NoP(), [_case(1)], torch.device("cpu"), False) is None
     assert not (tmp_path / "heatmap").exists()
