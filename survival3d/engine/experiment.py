@@ -28,9 +28,9 @@ from survival3d.engine.distributed import DistInfo, init_distributed
 from survival3d.engine.survival_task import train_split
 from survival3d.errors import ConfigError, InputError
 from survival3d.io import write_json
-from survival3d.metrics.report import aggregate_folds as _aggregate_metrics
+from survival3d.metrics.report import aggregate_folds
 
-__all__ = ["run_experiment", "make_splits", "aggregate_folds", "run_dir_of"]
+__all__ = ["run_experiment", "make_splits", "cv_summary", "run_dir_of"]
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,10 @@ def make_splits(cfg, cases) -> list[dict[str, list[str]]]:
         raise ConfigError(f"cannot split {len(cases)} cases ({cases.source}): {e}") from None
 
 
-def aggregate_folds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def cv_summary(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``cv_metrics.json``: the number of folds, the per-fold metrics and, for each of :data:`AGGREGATED`, the mean,
     sample sd and n over folds by :func:`survival3d.metrics.aggregate_folds` (NaN/None values ignored)."""
-    return {"folds": len(results), "per_fold": list(results), **_aggregate_metrics(results, keys=AGGREGATED)}
+    return {"folds": len(results), "per_fold": list(results), **aggregate_folds(results, keys=AGGREGATED)}
 
 
 def _json_write(obj: Any, path: Path) -> None:
@@ -138,7 +138,7 @@ def run_experiment(cfg, *, resume: bool = False, components: Components | None =
         p = run_dir / f"fold{k}" / "final_metrics.json"
         if p.is_file():
             results.append({"fold": k, **json.loads(p.read_text())})
-    agg = aggregate_folds(results)
+    agg = cv_summary(results)
     if info.is_main and len(results) == folds:
         _json_write(agg, run_dir / "cv_metrics.json")
     return agg

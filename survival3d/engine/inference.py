@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+
+from survival3d.runtime import autocast  # re-exported: the one bf16 autocast of the package
 
 __all__ = ["model_inputs", "forward", "autocast", "predict_arrays", "predictions_frame", "to_device"]
 
@@ -38,13 +39,6 @@ def model_inputs(batch: Mapping[str, Any], *, device: torch.device | str | None 
             continue
         kw[key] = v.to(device=device, dtype=dtype)
     return kw
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when enabled; a no-op (fp32) on CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def forward(model: torch.nn.Module, batch: Mapping[str, Any], *, amp: bool = False):

@@ -98,7 +98,7 @@ def survival_metrics(
         ib_grid = grid[(grid >= lo) & (grid < hi)]
         _try("ibs", lambda: sm.integrated_brier_score(time, event, surv, ib_grid))
         out["ibs_range"] = [float(ib_grid[0]), float(ib_grid[-1])] if ib_grid.size >= 2 else None
-        _try("nll", lambda: sm.censored_nll(pmf, time, event, alpha_cens))
+        _try("nll", lambda: sm.censored_nll_metric(pmf, time, event, alpha_cens))
         out["alpha_cens"] = float(alpha_cens)
     return out
 

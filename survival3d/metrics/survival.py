@@ -37,7 +37,7 @@ __all__ = [
     "brier_score",
     "integrated_brier_score",
     "cumulative_dynamic_auc",
-    "censored_nll",
+    "censored_nll_metric",
     "default_horizons",
 ]
 
@@ -290,7 +290,7 @@ def cumulative_dynamic_auc(time, event, risk_t, horizons, *, train_time=None, tr
     return out
 
 
-def censored_nll(pmf, time, event, alpha_cens: float = 1.0) -> float:
+def censored_nll_metric(pmf, time, event, alpha_cens: float = 1.0) -> float:
     r"""Mean censored negative log-likelihood of a discrete predicted distribution: the training loss's likelihood.
 
     .. math::
