@@ -180,8 +180,6 @@ def _importlib_uses(path: Path) -> list[int]:
     return lines
 
 
-@pytest.mark.xfail(strict=False, reason="engine/components.py still resolves its default builders with importlib; "
-                                        "the engine wiring rewrite removes it")
 def test_engine_does_not_use_importlib():
     bad = [f"{p.relative_to(PKG_DIR.parent)}:{line}" for p in sorted((PKG_DIR / "engine").rglob("*.py"))
            for line in _importlib_uses(p)]
