@@ -78,7 +78,7 @@ class ModelConfig:
     steps, patch 8 did not (docs/model.md).
     """
 
-    name: str = "survival3d"  # key in survival3d.models.MODELS
+    name: str = "survival3d"  # the network (survival3d.models.MODEL_NAMES: one today)
     in_channels: int = 1
     patch_size: int = 4  # cubelet edge in voxels (4 for 32^3 dummy volumes -> 8^3 cubelets; 8-16 for CT)
     stem_convs: int = 1  # convolutions in the Conv3dPatchEmbed stem (first n-1 are 3^3 stride 2)

@@ -1,8 +1,9 @@
 """survival3d.models: 3D survival networks, their heads and building blocks.
 
-``build_model(cfg, covariate_spec, img_size=...)`` builds the model named by ``cfg.model.name`` from :data:`MODELS`
-with the ``cfg.model`` values as constructor arguments and ``cfg.head`` as its head spec; it reads no other section
-(:func:`survival3d.build.build_survival_model` fills ``img_size`` from the data section).
+``build_model(cfg, covariate_spec, img_size=...)`` builds :class:`SurvivalNet3D` (``model.name: survival3d``, the one
+network; heads are the registered variants) with the ``cfg.model`` values as constructor arguments and ``cfg.head`` as
+its head spec; it reads no other section (:func:`survival3d.build.build_survival_model` fills ``img_size`` from the
+data section).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from survival3d.errors import ConfigError
 from survival3d.models.heads import HEADS
 from survival3d.contracts import CovariateSpec, SurvivalOutput
 from survival3d.models.survival_net import SurvivalNet3D
-from survival3d.registry import Registry
 
-__all__ = ["MODELS", "HEADS", "build_model", "SurvivalNet3D", "SurvivalOutput", "CovariateSpec"]
+__all__ = ["MODEL_NAMES", "HEADS", "build_model", "SurvivalNet3D", "SurvivalOutput", "CovariateSpec"]
 
-MODELS: Registry[nn.Module] = Registry("model")
-MODELS.register("survival3d", SurvivalNet3D)
+#: values of ``model.name`` (one network; a registry would hold a single entry)
+MODEL_NAMES = ("survival3d",)
 
 
 def _section(cfg: Any, name: str) -> dict[str, Any]:
@@ -52,14 +52,17 @@ def build_model(cfg: Any, covariate_spec: CovariateSpec | None = None, *,
         img_size: expected input size (D, H, W), used when ``model.img_size`` is unset.
 
     Raises:
-        ConfigError: an unknown model or head name, or a constructor argument the model does not accept.
+        ConfigError: a model name other than ``survival3d``, an unknown head name, or a constructor argument the
+            model does not accept.
     """
     model_cfg = _section(cfg, "model")
     head_cfg = _section(cfg, "head") or "softmin"
     name = model_cfg.pop("name", "survival3d")
     if model_cfg.get("img_size") is None and img_size is not None:
         model_cfg["img_size"] = list(img_size)
+    if name not in MODEL_NAMES:
+        raise ConfigError(f"model.name '{name}' is not a model. Valid: {', '.join(MODEL_NAMES)}.")
     try:
-        return MODELS.build({"name": name, **model_cfg}, head=head_cfg, covariate_spec=covariate_spec)
+        return SurvivalNet3D(**model_cfg, head=head_cfg, covariate_spec=covariate_spec)
     except TypeError as e:
         raise ConfigError(f"model '{name}': {e}") from None
