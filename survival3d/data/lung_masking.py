@@ -90,12 +90,13 @@ class ClassicalMaskerSettings:
     core_radius_mm: float = 8.0
     regrow_margin_mm: float = 3.0
     closing_mm: float = 4.0
+    closing_2d_mm: float = 10.0
 
     def __post_init__(self):
-        if self.core_radius_mm <= 0 or self.regrow_margin_mm < 0 or self.closing_mm < 0:
+        if self.core_radius_mm <= 0 or self.regrow_margin_mm < 0 or min(self.closing_mm, self.closing_2d_mm) < 0:
             raise ValueError(
-                f"core_radius_mm {self.core_radius_mm} must be > 0, regrow_margin_mm {self.regrow_margin_mm} and "
-                f"closing_mm {self.closing_mm} >= 0."
+                f"core_radius_mm {self.core_radius_mm} must be > 0, regrow_margin_mm {self.regrow_margin_mm}, "
+                f"closing_mm {self.closing_mm} and closing_2d_mm {self.closing_2d_mm} >= 0."
             )
         for name in ("max_gas_fraction", "min_vessel_fraction", "max_flat_floor"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -186,7 +187,7 @@ class ClassicalLungMasker:
         isize = np.bincount(il, minlength=n)
         gas = np.bincount(il, weights=(hu.ravel() < self.settings.gas_hu), minlength=n) / np.maximum(isize, 1)
         vessels = np.bincount(holes_lab.ravel(), minlength=n) / np.maximum(size, 1)
-        return {int(c): {"volume_ml": size[c] * ml, "interior_ml": isize[c] * ml, "gas_fraction": float(gas[c]),
+        return {int(c): {"volume_ml": float(size[c] * ml), "interior_ml": float(isize[c] * ml), "gas_fraction": float(gas[c]),
                          "vessel_fraction": float(vessels[c])} for c in ids}  # fmt: skip
 
     @staticmethod
@@ -234,7 +235,10 @@ class ClassicalLungMasker:
         aff[:3, :3] = affine[:3, :3][:, perm]
         spacing = np.asarray(affine_spacing(aff))
         ml = float(abs(np.linalg.det(aff[:3, :3]))) / 1e3
-        world = lambda idx: idx @ aff[:3, :3].T + aff[:3, 3]  # noqa: E731
+
+        def world(idx: np.ndarray) -> np.ndarray:
+            return np.asarray(idx, dtype=float) @ aff[:3, :3].T + aff[:3, 3]
+
         ap_axis = int(np.argmax(np.abs(aff[1, :2])))
         ap_sign = float(np.sign(aff[1, ap_axis]))
         report: dict[str, Any] = {"accepted": [], "rejected": [], "flags": [], "airway_removed": False}
@@ -304,11 +308,17 @@ class ClassicalLungMasker:
         rest = cand & (out == 0)
         if rest.any():
             rl, rn = ndi.label(rest)
-            rsize = np.bincount(rl.ravel())
-            touching = set(np.unique(rl[ndi.binary_dilation(out > 0) & rest]).tolist())
+            flat = rl.ravel()
+            rsize = np.bincount(flat, minlength=rn + 1)
+            rgas = np.bincount(flat, weights=hu.ravel() < s.gas_hu, minlength=rn + 1) / np.maximum(rsize, 1)
+            touching = np.zeros(rn + 1, dtype=bool)
+            touching[np.unique(rl[ndi.binary_dilation(out > 0) & rest])] = True
+            # parenchyma the cores did not reach (behind dense lesions, thin bases and apices) joins; airway
+            # pieces (homogeneous gas: the trachea and main bronchi beyond the regrowth) and isolated crumbs do not
+            keep = (rgas <= s.max_gas_fraction) & (touching | (rsize * ml >= s.min_component_ml))
             for c, sl in enumerate(ndi.find_objects(rl), start=1):
-                if sl is None or rsize[c] * ml < s.min_component_ml or c in touching:
-                    continue  # small remnants and airway pieces next to a lung stay out
+                if sl is None or not keep[c]:
+                    continue
                 piece = rl[sl] == c
                 x = float(world(np.argwhere(piece).mean(axis=0) + [b.start for b in sl])[0])
                 out[sl][piece] = RIGHT if x > midline_x else LEFT
@@ -361,22 +371,29 @@ class ClassicalLungMasker:
                 m = np.zeros(cand.shape, dtype=bool)
                 m[box] = ndi.binary_dilation(core, structure=structure, iterations=n_iter, mask=cand_b)
                 sides[lab] = m
-        if len(sides) == 1:
-            report["flags"].append("one lung only")
         return sides
 
     def _fill(self, out: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> None:
-        ball = _ball(self.settings.closing_mm / spacing) if self.settings.closing_mm > 0 else None
+        """Per side: 2D hole filling, a 3D closing (``closing_mm``), an in-plane closing (``closing_2d_mm``),
+        2D hole filling again; never outside the body nor over the other lung."""
+        s = self.settings
+        structures = []
+        if s.closing_mm > 0:
+            structures.append(_ball(s.closing_mm / spacing))
+        if s.closing_2d_mm > 0:
+            disk = _ball(np.r_[s.closing_2d_mm / spacing[:2], 0.0])
+            structures.append(disk.reshape(disk.shape[0], disk.shape[1], 1))
+        r = max([max(b.shape) // 2 for b in structures] + [0]) + 1
         for label in (RIGHT, LEFT):
             m = out == label
             if not m.any():
                 continue
-            r = max(ball.shape) // 2 + 1 if ball is not None else 1
             box = _bbox(m, pad=r)
             sub = _fill_2d(m[box])
-            if ball is not None and ball.size > 1:
-                sub = ndi.binary_closing(sub, structure=ball)
-                sub = _fill_2d(sub) & body[box]
+            for st in structures:
+                if st.size > 1:
+                    sub = ndi.binary_closing(sub, structure=st)
+            sub = _fill_2d(sub) & body[box]
             region = out[box]
             region[sub & (region == 0)] = label
 
@@ -397,8 +414,7 @@ class ClassicalLungMasker:
                 flags.append("lung cut by the field of view (partial scan)")
                 conf *= 0.7
             if min(vols.values()) < 0.15 * max(vols.values()):
-                if "one lung only" not in flags:
-                    flags.append("one lung much smaller than the other")
+                flags.append("one lung only" if min(vols.values()) == 0 else "one lung much smaller than the other")
                 conf *= 0.6
             if not 2.0 <= total <= 7.0:
                 flags.append(f"total volume {total:.2f} L outside 2-7 L")
@@ -558,17 +574,27 @@ def lung_volumes(labels: np.ndarray, affine: np.ndarray) -> dict[str, float]:
 
 
 def check_lung_mask(
-    labels: np.ndarray, affine: np.ndarray, volume_range_l: tuple[float, float] | None, *, source: str | Path
+    labels: np.ndarray,
+    affine: np.ndarray,
+    volume_range_l: tuple[float, float] | None,
+    *,
+    source: str | Path,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Raise :class:`InputError` for an empty mask or a total lung volume outside ``volume_range_l`` (litres)."""
+    """Raise :class:`InputError` for an empty mask or a total lung volume outside ``volume_range_l`` (litres); the
+    classical masker's ``report`` (what it rejected, its confidence) is appended to the message."""
     vols = lung_volumes(labels, affine)
+    why = ""
+    if report is not None:
+        rejected = "; ".join(f"{r['volume_ml']:.0f} mL: {r['reason']}" for r in report.get("rejected", [])[:4])
+        why = f" [masker confidence {report.get('confidence')}; rejected: {rejected or 'nothing'}]"
     if vols["total_l"] == 0.0:
-        raise InputError("empty lung mask: no lung found (is this a chest CT?)", path=source, field="lung_mask")
+        raise InputError(f"empty lung mask: no lung found (is this a chest CT?){why}", path=source, field="lung_mask")
     if volume_range_l is not None:
         lo, hi = volume_range_l
         if not lo <= vols["total_l"] <= hi:
             raise InputError(
                 f"implausible lung mask: total lung volume {vols['total_l']:.3f} L outside [{lo}, {hi}] L "
-                "(set --lung-volume-range to accept partial scans)", path=source, field="lung_mask",
+                f"(set --lung-volume-range to accept partial scans){why}", path=source, field="lung_mask",
             )  # fmt: skip
     return vols

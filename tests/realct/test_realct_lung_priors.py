@@ -52,7 +52,7 @@ def _crop_k(affine, k0):
 
 @pytest.mark.parametrize("name", ["lung1", "lung2"])
 def test_full_scan_volumes_and_sides(full_scans, name):
-    hu, affine, labels, report = full_scans[name]
+    _, affine, labels, report = full_scans[name]
     vols = lung_volumes(labels, affine)
     print(f"{name}: total {vols['total_l']:.2f} L (right {vols['right_l']:.2f}, left {vols['left_l']:.2f}), "
           f"confidence {report['confidence']}, flags {report['flags']}")  # fmt: skip
@@ -71,7 +71,7 @@ def test_crop_self_consistency(full_scans, name, part, cm):
     of lung + everything above."""
     hu, affine, labels, _ = full_scans[name]
     ks = np.flatnonzero((labels > 0).any(axis=(0, 1)))
-    n = int(round(cm * 10 / SPACING_MM))
+    n = round(cm * 10 / SPACING_MM)
     sl = slice(0, ks[0] + n) if part == "base" else slice(max(0, ks[-1] + 1 - n), hu.shape[2])
     labels_c, report = ClassicalLungMasker().segment(hu[:, :, sl], _crop_k(affine, sl.start))
     ref = labels[:, :, sl]
@@ -94,13 +94,14 @@ def test_noise_robustness(full_scans, sigma):
         assert d >= 0.95
 
 
-def _fibrosis_blobs(labels, affine, rng, n_blobs=4, radius_mm=18.0):
-    """Spheres well inside the lungs (≥ radius deep) with a reticular texture between −500 and −100 HU."""
+def _fibrosis_blobs(labels, affine, rng, centre_depth_mm, n_blobs=4, radius_mm=18.0):
+    """Spheres (radius 18 mm) centred ``centre_depth_mm`` (±1.5) deep inside the lungs, kept inside the clean
+    mask, with a reticular texture between −500 and −100 HU: ``(region, values)``."""
     from scipy import ndimage as ndi
 
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     depth = ndi.distance_transform_edt(labels > 0, sampling=spacing)
-    centres = np.argwhere(depth > radius_mm + 3.0)
+    centres = np.argwhere(np.abs(depth - centre_depth_mm) < 1.5)
     grid = np.indices(labels.shape).astype(np.float32)
     region = np.zeros(labels.shape, dtype=bool)
     for c in centres[rng.choice(len(centres), size=n_blobs, replace=False)]:
@@ -108,25 +109,29 @@ def _fibrosis_blobs(labels, affine, rng, n_blobs=4, radius_mm=18.0):
         region |= d2 <= radius_mm**2
     texture = ndi.gaussian_filter(rng.normal(size=labels.shape), 1.0)
     texture = (texture - texture.min()) / np.ptp(texture)
-    return region, (-500.0 + 400.0 * texture).astype(np.float32)
+    return region & (labels > 0), (-500.0 + 400.0 * texture).astype(np.float32)
 
 
-def test_fibrosis_like_regions_stay_inside(full_scans):
-    rng = np.random.default_rng(14)
+@pytest.mark.parametrize("where,centre_depth_mm,min_inside", [
+    ("interior", 21.0, 0.95),  # the whole sphere ≥ 3 mm inside the lung: the issue's target
+    ("subpleural", 9.0, 0.60),  # half outside the lung (cut to it): a regression floor, not a target (docs/data.md)
+])  # fmt: skip
+def test_fibrosis_like_regions_stay_inside(full_scans, where, centre_depth_mm, min_inside):
     for name in ("lung1", "lung2"):
         hu, affine, labels, _ = full_scans[name]
-        region, values = _fibrosis_blobs(labels, affine, rng)
-        dense = hu.copy()
-        dense[region] = values[region]
-        labels_f = ClassicalLungMasker()(dense, affine)
-        inside = float((labels_f[region] > 0).mean())
-        d = _dice(labels_f > 0, labels > 0)
-        print(f"{name}: fibrosis-like {region.sum() * np.prod(np.linalg.norm(affine[:3, :3], axis=0)) / 1e3:.0f} mL, "
-              f"{100 * inside:.1f} % inside, Dice vs clean {d:.3f}")
-        assert inside >= 0.95
+        for seed in range(3):
+            region, values = _fibrosis_blobs(labels, affine, np.random.default_rng(seed), centre_depth_mm)
+            dense = hu.copy()
+            dense[region] = values[region]
+            labels_f = ClassicalLungMasker()(dense, affine)
+            inside = float((labels_f[region] > 0).mean())
+            ml = region.sum() * np.prod(np.linalg.norm(affine[:3, :3], axis=0)) / 1e3
+            print(f"{name} {where} seed {seed}: fibrosis-like {ml:.0f} mL, {100 * inside:.1f} % inside, "
+                  f"Dice vs clean {_dice(labels_f > 0, labels > 0):.3f}")
+            assert inside >= min_inside
 
 
-def test_totalsegmentator_abdomen_has_no_gut_gas(ct_samples):
+def test_totalsegmentator_abdomen_has_no_gut_gas(ct_samples, tmp_path):
     """The 20-slice upper-abdomen series: two anterior gas pockets (homogeneous ≈ −1000 HU, no vessels; bowel /
     stomach) and only sub-millilitre partial-volume slivers of the posterior lung bases in the top slices. The
     mask must not touch the gas: it is empty (the slivers are below the minimum component size)."""
@@ -134,7 +139,7 @@ def test_totalsegmentator_abdomen_has_no_gut_gas(ct_samples):
 
     hu, affine = _resampled(ct_samples["dicom"], spacing=2.0)
     labels, report = ClassicalLungMasker().segment(hu, affine)
-    gas_l, n = ndi.label(ndi.binary_opening(hu < -900) )
+    gas_l, n = ndi.label(ndi.binary_opening(hu < -900))
     sizes = np.bincount(gas_l.ravel())
     print(f"TotalSegmentator: mask {lung_volumes(labels, affine)['total_l'] * 1e3:.1f} mL, "
           f"rejected {[(r['volume_ml'], r['reason']) for r in report['rejected']]}, flags {report['flags']}")
@@ -146,3 +151,8 @@ def test_totalsegmentator_abdomen_has_no_gut_gas(ct_samples):
     assert lung_volumes(labels, affine)["total_l"] < 0.01  # empty or lung-base slivers only
     assert any("gas" in r["reason"] for r in report["rejected"])
     assert report["confidence"] < 0.5
+    from survival3d.data.qc import save_qc_montage
+
+    png = save_qc_montage(np.clip(hu, -1024, 150), labels, affine, tmp_path / "example_ct_dicom.png",
+                          title="TotalSegmentator example_ct_dicom", report=report)  # fmt: skip
+    assert png.stat().st_size > 10_000
