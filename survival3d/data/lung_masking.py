@@ -145,9 +145,10 @@ class ClassicalLungMasker:
     3. lung cores (deeper than ``core_radius_mm``) of the accepted air are classified the same way: homogeneous
        gas cores are the trachea/main bronchi and are dropped; cores straddling the body midline are separated
        by a larger radius (×1.5, ×2, ×3); the cores grow back geodesically by their depth + ``regrow_margin_mm``;
+       accepted air they did not reach joins when it is not airway-like and touches the lung (or is large);
     4. each side is labelled by the body midline (world +x of it = right, 1; the other = left, 2);
-    5. holes (vessels, nodules, dense lung) are filled slice by slice, then a 3D closing (``closing_mm``) and a
-       second fill pull dense regions at the lung surface in.
+    5. holes (vessels, nodules, dense lung) are filled slice by slice, then a 3D closing (``closing_mm``), an
+       in-plane closing (``closing_2d_mm``) and a second fill pull dense regions at the lung surface in.
 
     :meth:`segment` returns the labels and a report (accepted/rejected components, confidence); ``__call__``
     returns the labels only (the :data:`MASKERS` contract). Keyword arguments are
