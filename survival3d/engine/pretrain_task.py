@@ -211,10 +211,12 @@ def reconstruction_figure(model, dataset, path: Path, *, seed: int = 0, device="
     err = float(np.sqrt(np.mean((recon[vox] - orig[vox]) ** 2))) if vox.any() else float("nan")
     lo, hi = float(orig.min()), float(orig.max())
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-    panels = [("original", orig), (f"masked ({100 * model.mask_ratio:.0f}% of cubelets)", masked),
+    cmap = plt.get_cmap("gray").copy()
+    cmap.set_bad("tab:blue")  # hidden cubelets
+    panels = [("original", orig), (f"masked input (blue: {100 * model.mask_ratio:.0f}% of cubelets hidden)", masked),
               (f"reconstruction (RMSE on masked voxels {err:.3f})", recon)]
     for ax, (title, vol) in zip(axes, panels):
-        im = ax.imshow(vol[:, :, z].T, origin="lower", cmap="gray", vmin=lo, vmax=hi)
+        im = ax.imshow(vol[:, :, z].T, origin="lower", cmap=cmap, vmin=lo, vmax=hi)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("x (voxel)")
         ax.set_ylabel("y (voxel)")
