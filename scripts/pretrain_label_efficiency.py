@@ -9,7 +9,7 @@
    ``--vq-size`` only;
 3. every model on the same fresh cases (dummy3, data seed 99, ``--n-test``): Harrell's C-index of -pred_time and the
    head's lesion mass (sum of the softmin p over cubelets that overlap the lesion mask, cases with a lesion).
-Writes ``<out>/results.csv`` and prints a markdown table.
+Writes ``<out>/results.csv`` and prints the table.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def main() -> None:
     df.to_csv(out / "results.csv", index=False)
     for tag in ("pre", "pre_vq"):
         print(tag, json.loads((out / tag / "final_metrics.json").read_text()))
-    print(df.to_markdown(index=False, floatfmt=".3f"))
+    print(df.to_string(index=False, float_format="%.3f"))
 
 
 if __name__ == "__main__":
