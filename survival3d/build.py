@@ -14,7 +14,7 @@ from survival3d.contracts import CovariateSpec
 from survival3d.losses import build_loss
 from survival3d.models import build_model
 
-__all__ = ["build_survival_model", "build_survival_loss"]
+__all__ = ["build_survival_model", "build_survival_loss", "build_pretrain_model"]
 
 
 def _get(section: Any, key: str) -> Any:
@@ -35,3 +35,26 @@ def build_survival_loss(cfg: Any) -> nn.Module:
     """The loss of ``cfg`` (section ``loss``; the default loss when the section is absent)."""
     loss_cfg = _get(cfg, "loss")
     return build_loss({} if loss_cfg is None else loss_cfg)
+
+
+def build_pretrain_model(cfg: Any) -> nn.Module:
+    """The masked-cubelet autoencoder of ``cfg`` (``model`` = the encoder, ``pretrain`` = masking and decoder;
+    ``data.image_size`` when ``model.img_size`` is unset)."""
+    from omegaconf import OmegaConf
+
+    from survival3d.errors import ConfigError
+    from survival3d.models.pretrain import MaskedCubeletAutoencoder
+
+    def plain(section):
+        return dict(OmegaConf.to_container(section, resolve=True)) if OmegaConf.is_config(section) else dict(section)
+
+    model_cfg = plain(_get(cfg, "model"))
+    model_cfg.pop("init", None)
+    if model_cfg.get("img_size") is None:
+        image_size = _get(_get(cfg, "data"), "image_size")
+        model_cfg["img_size"] = None if image_size is None else list(image_size)
+    try:
+        pre = {k: v for k, v in plain(_get(cfg, "pretrain")).items() if k != "figure"}  # figure: the task's
+        return MaskedCubeletAutoencoder(**model_cfg, **pre)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"pretrain model: {e}") from None

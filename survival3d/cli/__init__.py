@@ -26,6 +26,7 @@ COMMANDS: Registry = Registry("command")
 _COMMAND_MODULES = (
     "dummy",
     "train",
+    "pretrain",
     "evaluate",
     "explain",
     "preprocess",

@@ -32,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "CVConfig",
     "LoggingConfig",
+    "PretrainConfig",
     "ExperimentConfig",
 ]
 
@@ -103,6 +104,10 @@ class ModelConfig:
     global_residual: bool = True  # residual link around the whole transformer
     use_checkpoint: bool = False  # activation checkpointing per block (large volumes)
     max_windows_per_call: int = 32768  # windows per SDPA call (bigger calls failed in cuDNN at 256^3)
+    vq_codes: int = 0  # > 0: vector-quantise the encoder's output tokens with this many codes (0 = continuous)
+    vq_decay: float = 0.99  # EMA decay of the codebook (0 = learn it by gradient)
+    vq_commitment: float = 0.25  # commitment weight beta of the VQ loss
+    init: Optional[str] = None  # pretrained encoder: a run folder of run.py pretrain/train or a .pt checkpoint
 
 
 @dataclass
@@ -143,6 +148,7 @@ class OptimConfig:
     min_lr: float = 0.0  # floor of the cosine decay
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     fused: bool = True  # fused AdamW on CUDA
+    layer_decay: float = 1.0  # layer-wise lr decay: block i of n gets lr * layer_decay**(n - i); 1 = off
 
 
 @dataclass
@@ -161,6 +167,7 @@ class TrainConfig:
     heatmap: bool = True  # write the softmin p of a validation case with a lesion (PNG + NIfTI)
     ddp_find_unused: bool = False  # DistributedDataParallel(find_unused_parameters=...)
     overwrite: bool = False  # replace an existing runs/<name> (otherwise: error unless --resume)
+    freeze_encoder_epochs: int = 0  # train only the head (and FiLM) for this many epochs first (with model.init)
 
 
 @dataclass
@@ -182,6 +189,18 @@ class LoggingConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """``run.py pretrain``: the masked-cubelet autoencoder (``survival3d.models.pretrain``); the encoder is ``model.*``."""
+
+    mask_ratio: float = 0.6  # fraction of each volume's cubelets hidden
+    decoder_dim: int = 48
+    decoder_depth: int = 1  # window-attention blocks of the decoder (0: per-cubelet MLP)
+    decoder_heads: int = 3
+    norm_target: bool = True  # targets normalised per cubelet (mean/std of its voxels)
+    figure: bool = True  # reconstruction.png at the end
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "default"
     out_dir: str = "runs"
@@ -193,4 +212,5 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     cv: CVConfig = field(default_factory=CVConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with the run

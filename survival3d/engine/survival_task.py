@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 from survival3d.data.covariates import CovariateEncoder
 from survival3d.data.datasets import Cases, build_dataset, collate_cases
 from survival3d.engine.components import Components
+from survival3d.engine.finetune import check_finetune_config, init_encoder, layer_decay_groups, set_encoder_trainable
 from survival3d.engine.distributed import DistInfo, ShardSampler, all_gather_objects
 from survival3d.engine.inference import forward, predict_arrays, predictions_frame
 from survival3d.engine.loop import Engine, EngineSettings, Task
@@ -122,8 +123,10 @@ class SurvivalTask(Task):
         self.cases = cases
         self.split = {"train": [str(i) for i in split["train"]], "val": [str(i) for i in split["val"]]}
         self.components = components or Components()
-        self.ddp_find_unused = bool(cfg.train.ddp_find_unused)
         check_train_config(cfg)
+        check_finetune_config(cfg)
+        # a frozen-encoder warm-up leaves the encoder without gradients: DDP must know
+        self.ddp_find_unused = bool(cfg.train.ddp_find_unused) or int(cfg.train.freeze_encoder_epochs) > 0
         if not self.split["train"] or not self.split["val"]:
             raise ConfigError(f"empty split: {len(self.split['train'])} training and {len(self.split['val'])} validation cases.")
 
@@ -144,6 +147,8 @@ class SurvivalTask(Task):
         self.val_ds = build_dataset(self.cases, self.split["val"], self.encoder, cfg.data, train=False)
 
         self.model = self.components.model(cfg, self.encoder.spec).to(self.device)
+        if state is None and cfg.model.init:  # on resume the checkpoint holds the (fine-tuned) weights
+            init_encoder(self.model, cfg.model.init)
         self.loss_fn = self.components.loss(cfg.loss).to(self.device)
         step_model = torch.compile(self.model) if t.compile else self.model
         self.module = _ModelAndLoss(step_model, self.loss_fn, self.amp)
@@ -177,6 +182,11 @@ class SurvivalTask(Task):
     def param_groups(self, engine: Engine) -> list:
         from survival3d.engine.optim import decay_groups
 
+        o = self.cfg.optim
+        if float(o.layer_decay) < 1.0:
+            named = list(self.model.named_parameters()) + [(f"loss.{n}", p) for n, p in self.loss_fn.named_parameters()]
+            return layer_decay_groups(named, depth=int(self.cfg.model.depth), lr=float(o.lr), decay=float(o.layer_decay),
+                                      weight_decay=float(o.weight_decay))
         return decay_groups(list(self.model.parameters()) + list(self.loss_fn.parameters()), float(self.cfg.optim.weight_decay))
 
     # ------------------------------------------------------------------ state
@@ -195,6 +205,9 @@ class SurvivalTask(Task):
     # ------------------------------------------------------------------ step and validation
     def on_epoch_start(self, engine: Engine, epoch: int) -> None:
         self.train_ds.set_epoch(epoch)
+        frozen = int(self.cfg.train.freeze_encoder_epochs)
+        if frozen > 0:
+            set_encoder_trainable(self.model, epoch >= frozen)
 
     def training_step(self, module: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         losses = module(batch)

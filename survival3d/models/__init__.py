@@ -58,6 +58,7 @@ def build_model(cfg: Any, covariate_spec: CovariateSpec | None = None, *,
     model_cfg = _section(cfg, "model")
     head_cfg = _section(cfg, "head") or "softmin"
     name = model_cfg.pop("name", "survival3d")
+    model_cfg.pop("init", None)  # where the encoder's weights come from: read by the training task, not the model
     if model_cfg.get("img_size") is None and img_size is not None:
         model_cfg["img_size"] = list(img_size)
     if name not in MODEL_NAMES:
