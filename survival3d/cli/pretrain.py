@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 from survival3d.cli import COMMANDS
-from survival3d.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +45,9 @@ class PretrainCommand:
         parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. pretrain.mask_ratio=0.75")
 
     def run(self, args) -> int:
-        from survival3d.config import ExperimentConfig, load_config
+        from survival3d.cli.train import experiment_config
 
-        if int(os.environ.get("RANK", "0")) != 0:
-            logging.getLogger().setLevel(logging.WARNING)
-        if args.resume:
-            run_dir = Path(args.resume)
-            if not (run_dir / "config.yaml").is_file():
-                raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run folder).")
-            if args.config:
-                raise ConfigError("--resume uses the run's own config.yaml; give overrides instead of --config.")
-            cfg = load_config(run_dir / "config.yaml", list(args.overrides) + [f"out_dir={run_dir.parent}", f"name={run_dir.name}"],
-                              schema=ExperimentConfig)
-        elif args.config:
-            cfg = load_config(args.config, args.overrides, schema=ExperimentConfig)
-        else:
-            cfg = load_config(None, args.overrides, schema=ExperimentConfig, defaults=DEFAULT_JOB)
+        cfg = experiment_config(args, DEFAULT_JOB)
 
         from survival3d.engine.distributed import shutdown_distributed
         from survival3d.engine.loop import NonFiniteLossError

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from survival3d.config import save_config
 from survival3d.data.datasets import load_cases
