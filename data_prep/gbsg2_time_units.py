@@ -1,7 +1,7 @@
 """GBSG2 (lifelines' ``load_gbsg2``, times in days) with constant images, trained in days and in months with the
 default time settings (``loss.tmax: auto``), against lifelines' CoxPH on the same folds.
 
-    PYTHONPATH=. python data_prep/gbsg2_time_units.py --out /tmp/gbsg2 [--folds 5] [--rows 686] [--epochs 40]
+    PYTHONPATH=. python data_prep/gbsg2_time_units.py --out /tmp/gbsg2 [--folds 5] [--rows 686] [--epochs 40] [key=value ...]
 
 Writes ``<out>/{days,months}/`` (manifest + run folders) and prints, per fold, Harrell's C on the validation fold of
 the model in days, the model in months and CoxPH (all through :func:`survival3d.metrics.survival.harrell_c_index`),
@@ -79,6 +79,8 @@ def compare(df: pd.DataFrame, out: Path, *, folds: int, epochs: int, overrides=(
     pos = {c: i for i, c in enumerate(ids)}
     rows = []
     for k, split in enumerate(splits):
+        if not all(((run / f"fold{k}") if folds > 1 else run).joinpath("predictions.csv").is_file() for run in runs.values()):
+            continue  # a fold not trained (cv.fold=K)
         row = {"fold": k, "n_val": len(split["val"])}
         for u, run in runs.items():
             fold_dir = run / f"fold{k}" if folds > 1 else run
