@@ -1,7 +1,9 @@
 """Builds an experiment's model and loss from the whole config: the one place that joins config sections.
 
 :func:`survival3d.models.build_model` reads only ``cfg.model`` / ``cfg.head``; the expected input size it needs for
-a learnable position embedding comes from ``cfg.data.image_size`` here, when ``cfg.model.img_size`` is unset.
+a learnable position embedding comes from ``cfg.data.image_size`` here, when ``cfg.model.img_size`` is unset, and the
+time-valued settings (``loss.tmax``, ``loss.var_init``, ``head.loc_bias_init``, ``head.loc_scale``; ``auto`` by default)
+are resolved to grid units against the experiment's time grid (:mod:`survival3d.time_grid`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from survival3d.contracts import CovariateSpec
+from survival3d.time_grid import TimeGrid, resolved_config
 from survival3d.losses import build_loss
 from survival3d.models import build_model
 
@@ -25,15 +28,26 @@ def _get(section: Any, key: str) -> Any:
     return getattr(section, key, None)
 
 
-def build_survival_model(cfg: Any, covariate_spec: CovariateSpec | None = None) -> nn.Module:
-    """The model of ``cfg`` (sections ``model``, ``head``; ``data.image_size`` when ``model.img_size`` is unset)."""
+def _resolved(cfg: Any, time_grid: TimeGrid | None) -> Any:
+    if cfg is None or _get(cfg, "loss") is None and _get(cfg, "head") is None:
+        return cfg
+    return resolved_config(cfg, time_grid)
+
+
+def build_survival_model(cfg: Any, covariate_spec: CovariateSpec | None = None, *, time_grid: TimeGrid | None = None) -> nn.Module:
+    """The model of ``cfg`` (sections ``model``, ``head``; ``data.image_size`` when ``model.img_size`` is unset).
+
+    ``time_grid``: the grid that ``auto`` time settings follow (default: the one the config implies without data,
+    :func:`survival3d.time_grid.grid_from_config`)."""
+    cfg = _resolved(cfg, time_grid)
     image_size = _get(_get(cfg, "data"), "image_size")
     return build_model(cfg, covariate_spec, img_size=None if image_size is None else list(image_size))
 
 
-def build_survival_loss(cfg: Any) -> nn.Module:
-    """The loss of ``cfg`` (section ``loss``; the default loss when the section is absent)."""
-    loss_cfg = _get(cfg, "loss")
+def build_survival_loss(cfg: Any, *, time_grid: TimeGrid | None = None) -> nn.Module:
+    """The loss of ``cfg`` (section ``loss``; the default loss when the section is absent), its time settings
+    resolved against ``time_grid`` as for :func:`build_survival_model`."""
+    loss_cfg = _get(_resolved(cfg, time_grid), "loss")
     return build_loss({} if loss_cfg is None else loss_cfg)
 
 

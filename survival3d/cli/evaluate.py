@@ -44,27 +44,20 @@ def predict_manifest(checkpoint: Path, manifest: Path):
     evaluation preprocessing and covariate encoder; manifest read by ``read_manifest``) and ``TrainedModel.predict``.
 
     Returns:
-        (predictions DataFrame with id,time,event,pred_time,risk[,expected_time]; (n, tmax) pmf array in the same row
-        order, or None when the loss defines no distribution; ALPHA_CENS of the run's loss).
+        (predictions DataFrame with id,time,event,pred_time,risk[,expected_time], times in the data's unit; (n, tmax)
+        pmf array over the model's time grid in the same row order, or None when the loss defines no distribution;
+        ALPHA_CENS of the run's loss; the run's :class:`~survival3d.time_grid.TimeGrid`).
     """
-    import numpy as np
-    import torch
-
     from survival3d.engine.checkpoint import load_trained
 
     trained = load_trained(checkpoint)
     preds = trained.predict(trained.dataset(manifest))
     if "expected_time" in preds.columns and preds["expected_time"].isna().all():
         preds = preds.drop(columns="expected_time")
-    pmf = None
-    pmf_fn = getattr(trained.loss_fn, "pmf", None)
-    if callable(pmf_fn):
-        device = next(trained.loss_fn.parameters(), torch.empty(0)).device
-        with torch.no_grad():
-            pred = torch.as_tensor(preds["pred_time"].to_numpy(np.float32), device=device)
-            pmf = pmf_fn(pred).float().cpu().numpy()
+    pmf, _ = trained.pmf(preds["pred_time"].to_numpy())
     alpha = float(getattr(getattr(trained.cfg, "loss", None), "alpha_cens", 1.0))
-    return preds, pmf, alpha
+    trained.time_grid.check(preds["time"].to_numpy(), preds["event"].to_numpy(), what="evaluated", source=manifest)
+    return preds, pmf, alpha, trained.time_grid
 
 
 def parse_horizons(text: str | None) -> list[float] | None:
@@ -80,21 +73,25 @@ def parse_horizons(text: str | None) -> list[float] | None:
 
 
 def evaluate_one(preds, pmf, alpha_cens: float, out_dir: Path, *, title: str = "", figures: bool = True,
-                 horizons: list[float] | None = None) -> dict:
+                 horizons: list[float] | None = None, time_grid=None) -> dict:
     """metrics.json + predictions.csv + figures for one model's predictions; returns the metrics."""
     from survival3d.io import write_csv, write_json
     from survival3d.metrics import survival_metrics
     from survival3d.metrics.figures import plot_calibration, plot_km_by_risk_tertile, plot_pred_vs_observed
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = survival_metrics(preds, pmf, alpha_cens=alpha_cens, horizons=horizons)
+    scale = 1.0 if time_grid is None else float(time_grid.bin_width)
+    metrics = survival_metrics(preds, pmf, alpha_cens=alpha_cens, horizons=horizons, time_scale=scale)
+    if time_grid is not None:
+        metrics["time_unit"] = time_grid.unit
+        metrics["time_grid"] = time_grid.state_dict()
     if figures:
         fig_dir = out_dir / "figures"
         plot_pred_vs_observed(preds, fig_dir / "pred_vs_observed.png", title=title)
         _, p = plot_km_by_risk_tertile(preds, fig_dir / "km_risk_tertiles.png", title=title)
         metrics["logrank_p_tertiles"] = p if p == p else None
         if pmf is not None and metrics.get("horizons"):
-            plot_calibration(preds, pmf, metrics["horizons"], fig_dir / "calibration.png", title=title)
+            plot_calibration(preds, pmf, metrics["horizons"], fig_dir / "calibration.png", title=title, time_scale=scale)
     write_csv(out_dir / "predictions.csv", preds)
     write_json(out_dir / "metrics.json", metrics, allow_nan=False)
     return metrics
@@ -129,17 +126,17 @@ class Evaluate:
         # predict everything first: a bad input stops the command before anything is written
         predicted = [(name, ckpt, *predict_manifest(ckpt, manifest)) for name, ckpt in folds]
         if len(predicted) == 1:
-            name, ckpt, preds, pmf, alpha = predicted[0]
-            metrics = evaluate_one(preds, pmf, alpha, out, figures=not args.no_figures, horizons=horizons)
+            name, ckpt, preds, pmf, alpha, grid = predicted[0]
+            metrics = evaluate_one(preds, pmf, alpha, out, figures=not args.no_figures, horizons=horizons, time_grid=grid)
             metrics.update({"checkpoint": str(ckpt), "manifest": str(manifest)})
             write_json(out / "metrics.json", metrics, allow_nan=False)
             log.info("C-index %s (oracle %s) on %d cases → %s", metrics.get("c_index"),
                      metrics.get("c_index_oracle"), metrics["n"], out)
             return 0
         per_fold, stacked = [], []
-        for name, ckpt, preds, pmf, alpha in predicted:
+        for name, ckpt, preds, pmf, alpha, grid in predicted:
             m = evaluate_one(preds, pmf, alpha, out / name, title=name, figures=not args.no_figures,
-                             horizons=horizons)
+                             horizons=horizons, time_grid=grid)
             per_fold.append({"fold": name, "checkpoint": str(ckpt), **m})
             stacked.append(preds.assign(fold=name))
         summary = {"manifest": str(manifest), "n_folds": len(per_fold), "aggregate": aggregate_folds(per_fold),

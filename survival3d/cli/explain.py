@@ -67,6 +67,7 @@ def load_cases(checkpoint: Path, manifest: Path, max_cases: int | None):
             yield Case(id=cid, batch=batch, source=sources.get(cid), model_affine=affine)
 
     trained.model.eval()
+    trained.model.time_grid = trained.time_grid  # explain_cases reports pred_time in the data's unit
     return trained.model, len(ids), cases()
 
 
@@ -109,7 +110,8 @@ class Explain:
             raise InputError("no such checkpoint file or run directory", path=ckpt, field="--checkpoint")
         model, n, cases = load_cases(ckpt, manifest, args.max_cases)
         table = explain_cases(model, cases, methods, args.out, tolerance=args.tolerance, topk=args.topk,
-                              views=not args.no_views, max_views=args.max_views, total=n)
+                              views=not args.no_views, max_views=args.max_views, total=n,
+                              time_grid=getattr(model, "time_grid", None))
         board = write_leaderboard(table, args.out)
         for m in board["ranking"]:
             s = board["lesion"][m]

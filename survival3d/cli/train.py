@@ -100,10 +100,12 @@ class TrainCommand:
                 return "n/a" if v is None else f"{v['mean']:.4f} ± {v['sd']:.4f}"
 
             msg = (f"{cfg.cv.folds}-fold validation C-index {ms('c_index')} (oracle {ms('c_index_oracle')}); "
-                   f"censored MAE {ms('mae_censored')}; results in {run_dir / 'cv_metrics.json'}")
+                   f"censored MAE {ms('mae_censored')}{' ' + cfg.data.time_unit if cfg.data.time_unit else ''}; "
+                   f"results in {run_dir / 'cv_metrics.json'}")
         else:
             msg = (f"validation C-index {_fmt(result.get('c_index'))} (oracle C-index {_fmt(result.get('c_index_oracle'))}), "
-                   f"MAE uncensored {_fmt(result.get('mae_uncensored'))}, censored {_fmt(result.get('mae_censored'))}; "
+                   f"MAE uncensored {_fmt(result.get('mae_uncensored'))}, censored {_fmt(result.get('mae_censored'))}"
+                   f"{' ' + result['time_unit'] if result.get('time_unit') else ''}; "
                    f"{result.get('epochs')} epochs in {result.get('time', 0):.0f} s; results in {run_dir}")
             if result.get("heatmap"):
                 msg += f"\nheatmap: {result['heatmap']} (NIfTI: {result['heatmap_nifti']}; p on lesion {result['p_on_lesion']:.2f})"

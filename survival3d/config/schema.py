@@ -49,6 +49,7 @@ class CovariateConfig:
 class DataConfig:
     source: str = "dummy"  # "dummy" (generated in memory) or "manifest"
     manifest: Optional[str] = None  # CSV with id,image,time,event[,mask,lung_mask,expected_time,covariates...]
+    time_unit: str = ""  # unit of the manifest's times (days | weeks | months | years | any label); "" = unstated
     # the generator's parameters (survival3d.data.dummy_spec.DummySpec); the config default censors 30% at every level
     dummy: DummySpec = field(default_factory=lambda: DummySpec(censor_frac=0.3))
     covariates: CovariateConfig = field(default_factory=CovariateConfig)
@@ -118,9 +119,9 @@ class HeadConfig:
     hidden: list[int] = field(default_factory=lambda: [64])  # 1-2 hidden layers
     beta_init: float = 5.0  # BETA_HEAD
     learn_beta: bool = True
-    loc_bias_init: float = 50.0  # loc_bias
+    loc_bias_init: Any = "auto"  # loc_bias, in grid units; auto = TMAX/2 (50 for TMAX 100)
     learn_loc_bias: bool = True
-    loc_scale: float = 10.0  # time units per unit of head-MLP output (1.0: locs barely spread in 100s of steps)
+    loc_scale: Any = "auto"  # grid units per unit of head-MLP output; auto = TMAX/10 (1.0: locs barely spread in 100s of steps)
     lung_frac_min: float = 0.5  # cubelets with less lung than this are invalid (when a lung mask is given)
     entropy_weight: float = 0.0  # w * sum p log p (w > 0 spreads p, w < 0 sharpens it)
     smooth_weight: float = 0.0  # w * mean squared loc difference between neighbouring cubelets
@@ -132,9 +133,11 @@ class LossConfig:
 
     name: str = "censored"  # censored | classical | cox_efron | cox_breslow
     alpha_cens: float = 1.0  # ALPHA_CENS: weight of censored cases
-    var_init: float = 100.0  # VAR (fixed) or VAR_INIT (learnable) of the discretised Gaussian
+    var_init: Any = "auto"  # VAR (fixed) or VAR_INIT (learnable), grid units²; auto = (TMAX/10)² (100 for TMAX 100)
     learn_var: bool = False
-    tmax: int = 100  # TMAX: support of the predicted distribution is t = 1..tmax
+    tmax: Any = "auto"  # TMAX: support t = 1..tmax grid units; an int = 1 bin per time unit; auto: see survival3d/time_grid.py
+    auto_bins: int = 100  # loss.tmax=auto on a manifest: bins of the fitted grid
+    auto_margin: float = 1.2  # ... spanning [0, auto_margin × max training time]
     reduction: str = "mean"  # mean | sum over the batch
 
 

@@ -4,7 +4,8 @@ A checkpoint is a dict of plain types and tensors (loadable with ``torch.load(we
 
     model, loss (state dicts), optimizer, scheduler, rng {python, numpy, torch, cuda}, epoch, step,
     covariate_encoder (state), config (resolved, as a dict), split {train: ids, val: ids}, best/early-stop state,
-    metrics (the validation metrics of that epoch)
+    metrics (the validation metrics of that epoch), time_grid {tmax, bin_width, unit, fitted} (the grid the model and
+    loss work on; absent in older checkpoints = the identity grid of the config's integer loss.tmax)
 
 It is written to a temporary file in the same folder, flushed to disk, then renamed over the target, so a crash
 while saving leaves the previous checkpoint intact and never a partial file.
@@ -138,6 +139,8 @@ class TrainedModel:
         covariate_encoder: the fitted :class:`~survival3d.data.covariates.CovariateEncoder`.
         checkpoint: the raw checkpoint dict (epoch, metrics, split ids...).
         path: where it was loaded from.
+        time_grid: the :class:`~survival3d.time_grid.TimeGrid` the model and loss work on (grid units); times
+            in and predictions out of :meth:`predict` are in the data's unit (``time_grid.unit``).
     """
 
     model: torch.nn.Module
@@ -147,6 +150,7 @@ class TrainedModel:
     checkpoint: dict
     path: Path
     device: torch.device
+    time_grid: Any = None
 
     @property
     def split(self) -> dict[str, list[str]]:
@@ -177,8 +181,20 @@ class TrainedModel:
             loader = torch.utils.data.DataLoader(
                 dataset_or_loader, batch_size=batch_size or int(self.cfg.data.batch_size), shuffle=False, collate_fn=collate_cases
             )
-        arrays = predict_arrays(self.model, loader, self.device, amp=bool(self.cfg.train.amp))
+        arrays = predict_arrays(self.model, loader, self.device, amp=bool(self.cfg.train.amp), time_grid=self.time_grid)
         return predictions_frame(arrays)
+
+    @torch.no_grad()
+    def pmf(self, pred_time) -> tuple[Any, Any]:
+        """Predicted distributions for predicted times in the data's unit: ``(pmf (n, tmax), times (tmax,))``, the
+        probability of each grid bin and its time in the data's unit; ``(None, times)`` when the loss defines none."""
+        grid = self.time_grid
+        fn = getattr(self.loss_fn, "pmf", None)
+        if not callable(fn):
+            return None, grid.times()
+        dev = next(self.loss_fn.parameters(), next(self.loss_fn.buffers(), torch.empty(0))).device
+        pred = torch.as_tensor(np.asarray(pred_time, dtype=np.float32), device=dev)
+        return fn(grid.to_grid(pred)).float().cpu().numpy(), grid.times()
 
 
 def config_from_checkpoint(state: dict[str, Any]):
@@ -202,6 +218,7 @@ def load_trained(path_or_run_dir: str | os.PathLike, device: str | torch.device 
         components: a :class:`~survival3d.engine.components.Components` to build with (default: the project's).
     """
     from survival3d.data.covariates import CovariateEncoder
+    from survival3d.time_grid import TimeGrid, grid_from_config, resolved_config
     from survival3d.engine.components import Components
 
     components = components or Components()
@@ -213,13 +230,16 @@ def load_trained(path_or_run_dir: str | os.PathLike, device: str | torch.device 
             raise InputError(f"checkpoint has no '{key}' entry (not written by run.py train?).", path=path, field=key)
     cfg = config_from_checkpoint(state)
     encoder = CovariateEncoder.from_state(state["covariate_encoder"])
-    model = components.model(cfg, encoder.spec)
+    grid = TimeGrid.from_state(state["time_grid"]) if state.get("time_grid") else grid_from_config(cfg)
+    grid_cfg = resolved_config(cfg, grid)
+    model = components.model(grid_cfg, encoder.spec)
     model.load_state_dict(state["model"])
     model.to(device).eval()
-    loss_fn = components.loss(cfg.loss)
+    loss_fn = components.loss(grid_cfg.loss)
     if state.get("loss"):
         loss_fn.load_state_dict(state["loss"])
     loss_fn.to(device).eval()
-    tm = TrainedModel(model=model, loss_fn=loss_fn, cfg=cfg, covariate_encoder=encoder, checkpoint=state, path=path, device=device)
+    tm = TrainedModel(model=model, loss_fn=loss_fn, cfg=cfg, covariate_encoder=encoder, checkpoint=state, path=path, device=device,
+                      time_grid=grid)
     tm._generate_case = components.generate_case
     return tm

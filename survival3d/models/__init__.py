@@ -57,6 +57,12 @@ def build_model(cfg: Any, covariate_spec: CovariateSpec | None = None, *,
     """
     model_cfg = _section(cfg, "model")
     head_cfg = _section(cfg, "head") or "softmin"
+    if isinstance(head_cfg, dict) and any(isinstance(head_cfg.get(k), str) for k in ("loc_bias_init", "loc_scale")):
+        # ``auto`` time settings follow the time grid the config implies (the engine resolves them against the grid
+        # fitted on the training times before it builds the model: survival3d.time_grid)
+        from survival3d.time_grid import grid_from_config, resolve_time_settings
+
+        head_cfg.update(resolve_time_settings(cfg, grid_from_config(cfg))["head"])
     name = model_cfg.pop("name", "survival3d")
     model_cfg.pop("init", None)  # where the encoder's weights come from: read by the training task, not the model
     if model_cfg.get("img_size") is None and img_size is not None:
