@@ -90,6 +90,19 @@ def check_train_config(cfg) -> None:
             raise ConfigError(f"{key} must be >= {lo}, got {val}.")
 
 
+def warn_times_above_tmax(cases: Cases, loss_cfg) -> int:
+    """Warn (count and maximum) when observed times exceed ``loss.tmax``: the loss clamps them to ``tmax``."""
+    tmax = loss_cfg.get("tmax") if hasattr(loss_cfg, "get") else getattr(loss_cfg, "tmax", None)
+    if not isinstance(tmax, (int, float)) or isinstance(tmax, bool):
+        return 0
+    times = np.asarray([float(r["time"]) for r in cases.records])
+    above = times > float(tmax)
+    if above.any():
+        log.warning("%d of %d cases of %s have a time above loss.tmax=%s (max %.4g): the loss treats them as time %s",
+                    int(above.sum()), len(times), cases.source, tmax, float(times.max()), tmax)
+    return int(above.sum())
+
+
 def engine_settings(cfg, run_dir: Path) -> EngineSettings:
     """The engine's settings for a survival experiment config."""
     t, o, lg = cfg.train, cfg.optim, cfg.logging
@@ -140,6 +153,8 @@ class SurvivalTask(Task):
         else:
             self.encoder = CovariateEncoder(list(cfg.data.covariates.numeric), list(cfg.data.covariates.categorical))
             self.encoder.fit(self.cases.subset(self.split["train"]), source=self.cases.source)
+        if engine.dist.is_main:
+            warn_times_above_tmax(self.cases, cfg.loss)
         self.train_ds = build_dataset(self.cases, self.split["train"], self.encoder, cfg.data, train=True, seed=int(t.seed))
         self.val_ds = build_dataset(self.cases, self.split["val"], self.encoder, cfg.data, train=False)
 

@@ -89,11 +89,13 @@ def survival_metrics(
                 out["brier"] = {str(int(t) if float(t).is_integer() else t): float(b) for t, b in zip(h, bs)}
             except ValueError as e:
                 log.warning("Brier score undefined: %s", e)
-            auc = sm.cumulative_dynamic_auc(time, event, 1.0 - sm.survival_at(surv, h), h)
+            # ranked by -log S(t) from the pmf's tail: 1 - S(t) rounds to 1 for every case where S(t) ~ 0
+            log_s = sm.log_survival_at(sm.pmf_to_log_survival(pmf), h)
+            auc = sm.cumulative_dynamic_auc(time, event, -log_s, h)
             out["td_auc"] = {str(int(t) if float(t).is_integer() else t): _finite_or_none(a) for t, a in zip(h, auc)}
             out["td_auc_mean"] = _finite_or_none(np.nanmean(auc)) if np.isfinite(auc).any() else None
         grid = np.arange(1, pmf.shape[1] + 1, dtype=float)
-        lo = 1.0
+        lo = max(1.0, float(time.min()))  # from the earliest observed time, as scikit-survival's examples do
         hi = float(min(pmf.shape[1], np.nextafter(time.max(), -np.inf)))
         ib_grid = grid[(grid >= lo) & (grid < hi)]
         _try("ibs", lambda: sm.integrated_brier_score(time, event, surv, ib_grid))
