@@ -138,6 +138,7 @@ def _prepare_run_dir(cfg, resume: bool, info: DistInfo, lock: FolderLock | None 
         if cfg.train.overwrite:
             if not (run_dir / "config.yaml").is_file():  # never delete a folder that is not a run
                 lock.release()
+                lock.path.unlink(missing_ok=True)  # and leave no lock file in it
                 raise ConfigError(f"train.overwrite=true but {run_dir} is not a run folder (no config.yaml); "
                                   f"refusing to delete it.")
             _clear_folder(run_dir)
