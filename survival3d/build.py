@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from survival3d.contracts import CovariateSpec
+from survival3d.errors import ConfigError
 from survival3d.time_grid import TimeGrid, resolved_config
 from survival3d.losses import build_loss
 from survival3d.models import build_model
@@ -41,6 +42,11 @@ def build_survival_model(cfg: Any, covariate_spec: CovariateSpec | None = None, 
     :func:`survival3d.time_grid.grid_from_config`)."""
     cfg = _resolved(cfg, time_grid)
     image_size = _get(_get(cfg, "data"), "image_size")
+    patch = _get(_get(cfg, "model"), "patch_size")
+    if image_size is not None and patch is not None and int(patch) >= 1 and any(int(s) < int(patch) for s in image_size):
+        raise ConfigError(f"data.image_size {list(image_size)} is smaller than model.patch_size {int(patch)} along some "
+                          f"axis: the model would see no complete patch (its output would be NaN); use sizes >= "
+                          f"{int(patch)}.")
     return build_model(cfg, covariate_spec, img_size=None if image_size is None else list(image_size))
 
 

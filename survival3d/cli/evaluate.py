@@ -18,6 +18,7 @@ from survival3d.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
+MIN_CASES = 3  # the risk-tertile figure and any ranking metric need a few cases
 _FOLD_DIR = re.compile(r"^fold[_-]?(\d+)$")
 
 
@@ -97,6 +98,16 @@ def evaluate_one(preds, pmf, alpha_cens: float, out_dir: Path, *, title: str = "
     return metrics
 
 
+def check_output_folder(out: Path, marker: str) -> None:
+    """``--out`` must be new, empty, or an earlier output of the same command (holding ``marker``): it is replaced
+    as a whole, so it must not be a folder holding anything else (a run folder, a home directory)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory.")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        raise ConfigError(f"--out {out} is a non-empty folder without {marker} (not an earlier output of this "
+                          f"command); it would be replaced as a whole: give a new or empty folder.")
+
+
 @COMMANDS.register("evaluate")
 class Evaluate:
     help = "survival metrics (C-index, Uno, MAE, IBS, td-AUC, NLL), predictions.csv and figures on a manifest"
@@ -110,32 +121,46 @@ class Evaluate:
         parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
     def run(self, args) -> int:
+        manifest = Path(args.data)
+        if not manifest.is_file():
+            raise InputError("no such manifest file", path=manifest, field="--data")
+        from survival3d.io import atomic_folder
+
+        final_out = Path(args.out)
+        check_output_folder(final_out, "metrics.json")
+        horizons = parse_horizons(args.horizons)
+        folds = fold_checkpoints(args.checkpoint)
+        # predict everything first: a bad input stops the command before anything is written
+        predicted = [(name, ckpt, *predict_manifest(ckpt, manifest)) for name, ckpt in folds]
+        n = len(predicted[0][2])
+        if n < MIN_CASES:
+            raise InputError(f"{n} case(s): evaluate needs at least {MIN_CASES} (C-index pairs, risk tertiles).",
+                             path=manifest, field="id")
+        # everything is written into a new folder that replaces --out at the end: a failure leaves the old
+        # output as it was, never old files beside new ones
+        with atomic_folder(final_out) as out:
+            self._write(predicted, out, manifest, horizons, args.no_figures, final_out)
+        return 0
+
+    @staticmethod
+    def _write(predicted, out: Path, manifest: Path, horizons, no_figures: bool, shown: Path) -> int:
         import pandas as pd
 
         from survival3d.io import write_csv, write_json
         from survival3d.metrics import aggregate_folds
 
-        manifest = Path(args.data)
-        if not manifest.is_file():
-            raise InputError("no such manifest file", path=manifest, field="--data")
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out} exists and is not a directory.")
-        horizons = parse_horizons(args.horizons)
-        folds = fold_checkpoints(args.checkpoint)
-        # predict everything first: a bad input stops the command before anything is written
-        predicted = [(name, ckpt, *predict_manifest(ckpt, manifest)) for name, ckpt in folds]
+        args_no_figures = no_figures
         if len(predicted) == 1:
             name, ckpt, preds, pmf, alpha, grid = predicted[0]
-            metrics = evaluate_one(preds, pmf, alpha, out, figures=not args.no_figures, horizons=horizons, time_grid=grid)
+            metrics = evaluate_one(preds, pmf, alpha, out, figures=not args_no_figures, horizons=horizons, time_grid=grid)
             metrics.update({"checkpoint": str(ckpt), "manifest": str(manifest)})
             write_json(out / "metrics.json", metrics, allow_nan=False)
             log.info("C-index %s (oracle %s) on %d cases → %s", metrics.get("c_index"),
-                     metrics.get("c_index_oracle"), metrics["n"], out)
+                     metrics.get("c_index_oracle"), metrics["n"], shown)
             return 0
         per_fold, stacked = [], []
         for name, ckpt, preds, pmf, alpha, grid in predicted:
-            m = evaluate_one(preds, pmf, alpha, out / name, title=name, figures=not args.no_figures,
+            m = evaluate_one(preds, pmf, alpha, out / name, title=name, figures=not args_no_figures,
                              horizons=horizons, time_grid=grid)
             per_fold.append({"fold": name, "checkpoint": str(ckpt), **m})
             stacked.append(preds.assign(fold=name))
@@ -145,5 +170,5 @@ class Evaluate:
         write_json(out / "metrics.json", summary, allow_nan=False)
         agg = summary["aggregate"].get("c_index")
         if agg:
-            log.info("C-index %.3f ± %.3f over %d folds → %s", agg["mean"], agg["sd"], agg["n"], out)
+            log.info("C-index %.3f ± %.3f over %d folds → %s", agg["mean"], agg["sd"], agg["n"], shown)
         return 0

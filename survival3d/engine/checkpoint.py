@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from survival3d.io import atomic_write
-from survival3d.errors import InputError
+from survival3d.errors import ConfigError, InputError
 
 __all__ = [
     "save_checkpoint",
@@ -40,8 +40,17 @@ __all__ = [
 def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file + fsync + rename); returns the path."""
     path = Path(path)
-    with atomic_write(path, "wb", fsync=True) as f:
-        torch.save(state, f)
+    try:
+        with atomic_write(path, "wb", fsync=True) as f:
+            torch.save(state, f)
+    except RuntimeError as e:  # torch reports a failed write as "enforce fail at inline_container.cc ... file write failed"
+        if "write" not in str(e) and "inline_container" not in str(e):
+            raise
+        import errno
+        import shutil
+
+        full = shutil.disk_usage(path.parent).free < 64 * 2**20
+        raise OSError(errno.ENOSPC if full else errno.EIO, "checkpoint write failed", str(path)) from e
     return path
 
 
@@ -57,10 +66,73 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several unrelated types for corrupt files
-        raise InputError(f"not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}).", path=path) from None
+        raise InputError(f"not a readable checkpoint: {_load_error(e)}", path=path) from None
     if not isinstance(state, dict):
         raise InputError(f"a checkpoint must hold a dict, got {type(state).__name__}.", path=path)
     return state
+
+
+def _load_error(e: BaseException) -> str:
+    """A complete, one-line reason ``torch.load`` refused a file, without torch's advice to set
+    ``weights_only=False`` (that would run arbitrary code from an untrusted file)."""
+    if isinstance(e, torch.serialization.pickle.UnpicklingError) or "weights_only" in str(e):
+        first = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "GLOBAL" in ln), "")
+        first = first.split(". Please")[0].split(" was not an allowed")[0].replace("WeightsUnpickler error: ", "")
+        detail = f" ({first.rstrip('.')})" if first else ""
+        return (f"it holds Python objects other than tensors and plain types{detail}; checkpoints are loaded with "
+                f"weights_only=True and only files written by run.py train are accepted.")
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:500]}{'...' if len(text) > 500 else ''} (a truncated or corrupt file?)"
+
+
+def load_weights_checked(load_weights, state: dict[str, Any], path: str | os.PathLike) -> None:
+    """``load_weights(state)``, with a state dict that does not fit the model (another config's checkpoint)
+    reported in one line naming the file."""
+    try:
+        load_weights(state)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "size mismatch" in ln or "Missing key" in ln or "Unexpected key" in ln),
+                      lines[0] if lines else type(e).__name__)
+        raise InputError(f"the checkpoint does not fit the model of this config ({detail[:300]}); was it written "
+                         f"with other model.* / head.* settings?", path=path, field="model") from None
+
+
+def check_best_pair(ckpt_dir: str | os.PathLike, last_state: dict[str, Any], *, repair: bool) -> Path | None:
+    """Check that ``best.pt`` holds the epoch ``last.pt`` records as best; returns the file that holds it.
+
+    ``last.pt`` is written before ``best.pt``; a kill between the two leaves a ``best.pt`` older than the best epoch
+    that ``last.pt`` records — that epoch is then ``last.pt``'s own, so ``last.pt`` holds the best weights: with
+    ``repair`` it is copied over ``best.pt`` (atomically), without, ``last.pt`` is returned. ``None``: the run has no
+    best epoch yet.
+
+    Raises:
+        InputError: ``best.pt`` holds another epoch and the best weights cannot be recovered.
+    """
+    import shutil
+
+    from survival3d.io import atomic_path
+
+    ckpt_dir = Path(ckpt_dir)
+    best_epoch = (last_state.get("early_stop") or {}).get("best_epoch")
+    if best_epoch is None:
+        return None
+    best, last = ckpt_dir / "best.pt", ckpt_dir / "last.pt"
+    held = int(load_checkpoint(best).get("epoch", -1)) if best.is_file() else None
+    if held == int(best_epoch):
+        return best
+    if int(best_epoch) == int(last_state.get("epoch", -1)):
+        if repair:
+            import logging
+
+            logging.getLogger(__name__).warning("%s held epoch %s, not the best epoch %s (a run killed between checkpoint "
+                                                "writes): restored it from %s", best, held, best_epoch, last)
+            with atomic_path(best) as tmp:
+                shutil.copyfile(last, tmp)
+            return best
+        return last
+    raise InputError(f"holds epoch {held} but {last.name} records epoch {best_epoch} as best, and that epoch's "
+                     f"weights are in neither file; use the last checkpoint ({last}).", path=best, field="epoch")
 
 
 def rng_state() -> dict[str, Any]:
@@ -122,6 +194,9 @@ def find_checkpoint(path_or_run_dir: str | os.PathLike, prefer: str | None = Non
     for name in order:
         cand = p / "checkpoints" / f"{name}.pt"
         if cand.is_file():
+            last = p / "checkpoints" / "last.pt"
+            if name == "best" and last.is_file():  # a run killed between its last.pt and best.pt writes
+                return check_best_pair(cand.parent, load_checkpoint(last), repair=False) or cand
             return cand
     folds = sorted(q.name for q in p.glob("fold*") if q.is_dir())
     hint = f" This is a cross-validation run: pick one of {folds} (e.g. {p / folds[0]})." if folds else ""
@@ -232,8 +307,11 @@ def load_trained(path_or_run_dir: str | os.PathLike, device: str | torch.device 
     encoder = CovariateEncoder.from_state(state["covariate_encoder"])
     grid = TimeGrid.from_state(state["time_grid"]) if state.get("time_grid") else grid_from_config(cfg)
     grid_cfg = resolved_config(cfg, grid)
-    model = components.model(grid_cfg, encoder.spec)
-    model.load_state_dict(state["model"])
+    try:
+        model = components.model(grid_cfg, encoder.spec)
+    except ConfigError as e:
+        raise InputError(f"the checkpoint's config does not build a model: {e}", path=path, field="config") from None
+    load_weights_checked(model.load_state_dict, state["model"], path)
     model.to(device).eval()
     loss_fn = components.loss(grid_cfg.loss)
     if state.get("loss"):

@@ -3,6 +3,7 @@
 One split owns one run folder (``runs/<name>`` or ``runs/<name>/fold{k}``)::
 
     config.yaml           resolved config (written by the experiment)
+    .lock                 held (flock) by the train process while it runs (docs/reliability.md)
     metrics.csv           one row per epoch: lr, train loss, data-wait fraction, validation metrics
     checkpoints/last.pt   every epoch (atomic): model, loss, optimiser, scheduler, RNG states, encoder, split, time_grid...
     checkpoints/best.pt   the epoch with the best ``train.early_stop_metric``

@@ -99,11 +99,13 @@ def survival_metrics(
                 out["brier"] = {k: float(b) for k, b in zip(keys, bs)}
             except ValueError as e:
                 log.warning("Brier score undefined: %s", e)
-            auc = sm.cumulative_dynamic_auc(tg, event, 1.0 - sm.survival_at(surv, hg), hg)
+            # ranked by -log S(t) from the pmf's tail: 1 - S(t) rounds to 1 for every case where S(t) ~ 0
+            log_s = sm.log_survival_at(sm.pmf_to_log_survival(pmf), hg)
+            auc = sm.cumulative_dynamic_auc(tg, event, -log_s, hg)
             out["td_auc"] = {k: _finite_or_none(a) for k, a in zip(keys, auc)}
             out["td_auc_mean"] = _finite_or_none(np.nanmean(auc)) if np.isfinite(auc).any() else None
         grid = np.arange(1, pmf.shape[1] + 1, dtype=float)
-        lo = 1.0
+        lo = max(1.0, float(tg.min()))  # from the earliest observed time, as scikit-survival's examples do
         hi = float(min(pmf.shape[1], np.nextafter(tg.max(), -np.inf)))
         ib_grid = grid[(grid >= lo) & (grid < hi)]
         _try("ibs", lambda: sm.integrated_brier_score(tg, event, surv, ib_grid))

@@ -73,3 +73,20 @@ def build_model(cfg: Any, covariate_spec: CovariateSpec | None = None, *,
         return SurvivalNet3D(**model_cfg, head=head_cfg, covariate_spec=covariate_spec)
     except TypeError as e:
         raise ConfigError(f"model '{name}': {e}") from None
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{_keys_named(e, model_cfg, head_cfg)}: {e}") from None
+
+
+def _keys_named(e: Exception, model_cfg: dict, head_cfg: Any) -> str:
+    """The config keys a constructor's message names (``model.num_heads``...), for a one-line config error."""
+    import re
+
+    words = set(re.findall(r"[A-Za-z_]+", str(e)))
+    keys = [f"model.{k}" for k in model_cfg if k in words]
+    if isinstance(head_cfg, dict):
+        keys += [f"head.{k}" for k in head_cfg if k in words]
+    if "dim" in words and "model.embed_dim" not in keys and "embed_dim" in model_cfg:
+        keys.append("model.embed_dim")
+    return ", ".join(keys) if keys else "model.* / head.*"
