@@ -11,7 +11,7 @@ import torch
 from survival3d.losses.functional import censored_nll_log_pmf, cox_partial_nll
 from survival3d.metrics.report import survival_metrics
 from survival3d.metrics import survival as sm
-from survival3d.metrics.survival import censored_nll, cumulative_dynamic_auc, pmf_to_survival
+from survival3d.metrics.survival import censored_nll_metric as censored_nll, cumulative_dynamic_auc, pmf_to_survival
 
 
 def _efron_reference(risk: torch.Tensor, time: np.ndarray, event: np.ndarray) -> torch.Tensor:
