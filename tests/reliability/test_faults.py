@@ -80,7 +80,8 @@ def test_1_two_trains_racing_on_one_name_one_wins(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
-    results = [(p.wait(timeout=150), p.stderr.read()) for p in procs]
+    # communicate (not wait): a child must never block on a full stdout/stderr pipe
+    results = [(p.returncode, err) for p in procs for _, err in [p.communicate(timeout=600)]]
     codes = sorted(c for c, _ in results)
     assert codes == [0, 2], results
     loser = next(err for c, err in results if c == 2)
