@@ -113,11 +113,7 @@ class Evaluate:
         parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
     def run(self, args) -> int:
-        import pandas as pd
-
-        from survival3d.io import write_csv, write_json
-        from survival3d.metrics import aggregate_folds
-
+        # check the paths before the heavy imports (pandas, torch): a typo is reported at once
         manifest = Path(args.data)
         if not manifest.is_file():
             raise InputError("no such manifest file", path=manifest, field="--data")
@@ -126,6 +122,12 @@ class Evaluate:
             raise ConfigError(f"--out {out} exists and is not a directory.")
         horizons = parse_horizons(args.horizons)
         folds = fold_checkpoints(args.checkpoint)
+
+        import pandas as pd
+
+        from survival3d.io import write_csv, write_json
+        from survival3d.metrics import aggregate_folds
+
         # predict everything first: a bad input stops the command before anything is written
         predicted = [(name, ckpt, *predict_manifest(ckpt, manifest)) for name, ckpt in folds]
         if len(predicted) == 1:

@@ -121,7 +121,7 @@ def run_plan(cfg: DictConfig, out_dir: str | Path, *, force: bool = False, progr
     runs = expand_grid(cfg)
     t0 = time.perf_counter()
     rows = []
-    for spec in tqdm(runs, desc="flex plan", disable=not progress):
+    for spec in tqdm(runs, desc="flex plan", disable=None if progress else True):
         run_dir = out / "runs" / spec.run_id
         if not force and _is_done(run_dir, spec.cfg):
             log.info("%s: finished earlier, skipped", spec.run_id)
@@ -244,7 +244,8 @@ def _plot_conv_ratio(out: Path, table: pd.DataFrame, path: Path) -> None:
         if curves:
             curve = pd.concat(curves, axis=1).mean(axis=1)
             ax.plot(curve.index, curve.values, lw=1.2, ms=3, label=f"{lg} / {mk}", **styles[(lg, mk)])
-    ax.set(xlabel="epoch", ylabel="conv ratio (mean over FlexLayers, validation)", ylim=(-0.02, 1.02))
+    ax.set(xlabel="epoch", ylabel="conv ratio (mean over FlexLayers, validation)", ylim=(-0.02, 1.02),
+           title="FlexLayers conv ratio per epoch (validation, mean over runs)")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title="logits / masking")
     fig.tight_layout()
