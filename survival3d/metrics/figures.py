@@ -135,7 +135,7 @@ def plot_calibration(
         ax.errorbar(xs, ys, yerr=[np.clip(ys - lo, 0, None), np.clip(hi - ys, 0, None)], fmt="o-", capsize=3,
                     label=f"{len(xs)} bins: KM ± 95% CI")
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="best", fontsize=8)  # where it covers the fewest points
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(f"predicted S({t:g})")
