@@ -32,10 +32,13 @@ __all__ = ["Registry", "did_you_mean"]
 T = TypeVar("T")
 
 
-def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
-    """Return ``" Did you mean 'x'?"`` for the closest choice, or an empty string when nothing is close."""
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str], *, prefix: str = "") -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest choice, or an empty string when nothing is close.
+
+    ``prefix`` is put in front of the suggestion, so that a nested config key is suggested in full
+    (``did_you_mean("dpeth", keys, prefix="model.")`` → ``" Did you mean 'model.depth'?"``)."""
     close = difflib.get_close_matches(str(name), sorted(choices), n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    return f" Did you mean '{prefix}{close[0]}'?" if close else ""
 
 
 class Registry(Generic[T]):

@@ -28,7 +28,7 @@ def test_inheritance_cycle(tmp_path):
 @pytest.mark.parametrize(
     "override, pattern",
     [
-        ("model.dpeth=4", r"unknown config key 'model.dpeth'.*Did you mean 'depth'.*Valid keys under 'model'"),
+        ("model.dpeth=4", r"unknown config key 'model.dpeth'.*Did you mean 'model.depth'.*Valid keys under 'model'"),
         ("lose.alpha_cens=1", r"unknown config key 'lose'.*Did you mean 'loss'"),
         ("loss.alpha_cens=abc", r"invalid value for 'loss.alpha_cens'"),
         ("model.depth", r"must look like key.sub=value"),

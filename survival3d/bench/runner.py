@@ -331,7 +331,7 @@ def run_bench(
         "results": [],
     }
     jobs = [(s, m) for s in sizes for m in models]
-    bar = tqdm(jobs, desc="bench", disable=not progress, leave=False)
+    bar = tqdm(jobs, desc="bench", disable=None if progress else True, leave=False)
     per_size: dict[int, dict[str, Any]] = {}
     for size, m in bar:
         bar.set_postfix_str(f"{m} {size}^3")

@@ -17,6 +17,8 @@ import argparse
 import errno
 import importlib
 import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -78,6 +80,33 @@ def _torch_disk_full(e: BaseException) -> str | None:
     return None
 
 
+def prog_name() -> str:
+    """``run.py`` when started as ``python run.py``, else ``survival3d`` (the console script)."""
+    return "run.py" if sys.argv and os.path.basename(sys.argv[0]) == "run.py" else "survival3d"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` that shows every option's default (unless its help already names it) and keeps the line breaks
+    of a multi-line description (plain text, no reStructuredText markup)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text.lower() or f"({action.default})" in text or not action.option_strings
+                or action.default in (None, False, True, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def plain_text(doc: str) -> str:
+    """A module docstring as ``--help`` text: no ````literal```` quotes, ``::`` → ``:``."""
+    return re.sub(r"``([^`]+)``", r"\1", doc).replace("::\n", ":\n").strip()
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are a single line on stderr with exit code 2."""
 
@@ -88,13 +117,17 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     for mod in _COMMAND_MODULES:
         importlib.import_module(f"survival3d.cli.{mod}")
-    parser = OneLineParser(prog="run.py", description="survival3d: 3D CT survival analysis with localisation.")
+    from survival3d import __version__
+
+    parser = OneLineParser(prog=prog_name(), description="survival3d: 3D CT survival analysis with localisation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=OneLineParser)
     sub.required = True
     for name in COMMANDS.keys():
         cmd = COMMANDS.get(name)()
-        p = sub.add_parser(name, help=cmd.help, description=getattr(cmd, "description", cmd.help))
+        p = sub.add_parser(name, help=cmd.help, description=plain_text(getattr(cmd, "description", cmd.help)),
+                           formatter_class=HelpFormatter)
         cmd.add_arguments(p)
         p.set_defaults(_command=cmd)
     return parser
@@ -111,10 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._command.run(args) or 0)
     except Survival3DError as e:
-        print(f"run.py {args.command}: error: {e}", file=sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"run.py {args.command}: interrupted", file=sys.stderr)
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
         return 130
     except (OSError, RuntimeError) as e:
         msg = environment_error(e) or _torch_disk_full(e)

@@ -73,7 +73,6 @@ class BenchCommand:
     description = __doc__
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.formatter_class = argparse.RawDescriptionHelpFormatter
         parser.add_argument("--size", type=_positive_int, default=128, help="cubic input edge in voxels (128)")
         parser.add_argument("--sizes", type=_size_list, default=None, help="several sizes, e.g. 128,160,192,256")
         parser.add_argument("--batch", type=_positive_int, default=2, help="volumes per step (2)")

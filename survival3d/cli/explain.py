@@ -16,7 +16,9 @@ from survival3d.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = "head,head_grid,gradcam,gradcampp,polycam,occlusion"
+#: Fast on a CPU (see docs/benchmarks.md). On request: ``polycam`` (one forward pass per feature channel per layer),
+#: ``occlusion`` (the fine box), ``gradcampp``, ``feature_pca_*``; ``all`` = every registered explainer.
+DEFAULT_METHODS = "head,head_grid,gradcam,occlusion_coarse"
 
 
 def parse_methods(text: str) -> list[str]:
@@ -74,13 +76,20 @@ def load_cases(checkpoint: Path, manifest: Path, max_cases: int | None):
 @COMMANDS.register("explain")
 class Explain:
     help = "heatmaps (head, Grad-CAM(++), Poly-CAM, occlusion, feature PCA) + GT-mask localisation leaderboard"
+    description = (
+        "Heatmaps of a trained model for the cases of a manifest, scored against the GT lesion masks. The default "
+        "methods are the fast ones (about 3 CPU seconds per 32^3 case, pictures included); polycam, occlusion (fine box), gradcampp "
+        "and feature_pca_embed/_tokens are slow or off-target and run on request (--methods ...,polycam or all). "
+        "The expected run time is logged after the first case."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
         parser.add_argument("--data", required=True, help="manifest CSV with image (and mask, lung_mask) columns")
         parser.add_argument("--out", required=True, help="output directory")
         parser.add_argument("--methods", default=DEFAULT_METHODS,
-                            help=f"comma-separated explainers or 'all' (default: {DEFAULT_METHODS})")
+                            help=f"comma-separated explainers or 'all' (default: {DEFAULT_METHODS}; slow on a "
+                                 "CPU: polycam, occlusion)")
         parser.add_argument("--max-cases", type=int, default=None, help="explain only the first N cases")
         parser.add_argument("--tolerance", type=float, default=0.0,
                             help="pointing-game tolerance in voxels (default 0: the peak must be inside the mask)")
@@ -91,9 +100,6 @@ class Explain:
                             help="write the PNG views for the first N cases only (heatmaps and metrics: every case)")
 
     def run(self, args) -> int:
-        from survival3d.explain.pipeline import explain_cases, write_leaderboard
-
-        methods = parse_methods(args.methods)
         if args.max_cases is not None and args.max_cases < 1:
             raise ConfigError(f"--max-cases must be >= 1, got {args.max_cases}.")
         if args.max_views is not None and args.max_views < 0:
@@ -108,10 +114,13 @@ class Explain:
         ckpt = Path(args.checkpoint)
         if not ckpt.exists():
             raise InputError("no such checkpoint file or run directory", path=ckpt, field="--checkpoint")
+        # the paths are checked before the heavy imports (torch, MONAI): a typo is reported at once
         from survival3d.cli.evaluate import check_output_folder
+        from survival3d.explain.pipeline import explain_cases, write_leaderboard
         from survival3d.io import atomic_folder
 
         check_output_folder(Path(args.out), "leaderboard.json")
+        methods = parse_methods(args.methods)
         model, n, cases = load_cases(ckpt, manifest, args.max_cases)
         # written into a new folder that replaces --out at the end: a failure leaves no partial or mixed output
         with atomic_folder(args.out) as out:

@@ -89,7 +89,7 @@ def _check_keys(data: Mapping[str, Any], node: DictConfig, source: str, prefix: 
         if key not in valid:
             where = f"under '{prefix[:-1]}'" if prefix else "at top level"
             raise ConfigError(
-                f"{source}: unknown config key '{full}'.{did_you_mean(str(key), valid)} "
+                f"{source}: unknown config key '{full}'.{did_you_mean(str(key), valid, prefix=prefix)} "
                 f"Valid keys {where}: {', '.join(valid)}."
             )
         child = node._get_node(key)

@@ -162,8 +162,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (always fp32 on CPU)
     compile: bool = False
-    early_stop_metric: str = "c_index"
-    early_stop_mode: str = "max"
+    early_stop_metric: str = "val_loss"  # best.pt: validation loss (the C-index on a small validation set is noisy)
+    early_stop_mode: str = "auto"  # auto (the metric's direction) | max | min
     patience: int = 0  # 0 = no early stopping (counted in validations)
     val_every: int = 1
     final: str = "last"  # model whose validation predictions go to final_metrics.json: last | best (chosen on validation: optimistic)

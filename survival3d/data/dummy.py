@@ -748,7 +748,7 @@ def write_dummy_dataset(
     write_text(out / "dummy_params.json", json.dumps(params, indent=2) + "\n")
 
     job = partial(_write_case, out=out.resolve(), spec=replace(spec, level=lvl.name))
-    bar = tqdm(total=n, desc=f"{lvl.name} ({size}^3)", unit="case", disable=not progress)
+    bar = tqdm(total=n, desc=f"{lvl.name} ({size}^3)", unit="case", disable=None if progress else True)
     rows = []
     if workers <= 1:
         for i in range(n):

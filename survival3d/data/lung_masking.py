@@ -436,8 +436,13 @@ class ClassicalLungMasker:
 
 def find_lungmask_weights(modelname: str = "R231") -> Path | None:
     """The lungmask weights file for ``modelname`` in the torch hub cache (``$TORCH_HOME/hub/checkpoints``), if
-    it was downloaded there before; ``None`` otherwise. Never downloads."""
-    from lungmask.mask import MODEL_URLS
+    it was downloaded there before; ``None`` otherwise (also when the optional ``lungmask`` package is not
+    installed). Never downloads."""
+    try:
+        from lungmask.mask import MODEL_URLS
+    except ImportError:
+        logger.warning("lungmask is not installed (pip install 'survival3d[lungmask]'): no lungmask weights")
+        return None
     import torch
 
     if modelname not in MODEL_URLS:
@@ -504,7 +509,11 @@ class LungmaskMasker:
     @property
     def inferer(self):
         if self._inferer is None:
-            from lungmask import LMInferer
+            try:
+                from lungmask import LMInferer
+            except ImportError as e:
+                raise ConfigError("the lungmask masker needs the lungmask package: pip install 'survival3d[lungmask]'"
+                                  " (or use --lung-mask classical)") from e
 
             try:
                 self._inferer = LMInferer(

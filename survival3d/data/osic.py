@@ -246,7 +246,7 @@ def run_preprocess_jobs(
     if skipped:
         logger.info("%d case(s) already done with settings %s: skipped", skipped, settings.digest())
     failures: list[dict[str, Any]] = []
-    bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress or not todo)
+    bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=None if progress and todo else True)
 
     def handle(status: str, info: dict[str, Any]) -> None:
         if status == "done":

@@ -73,7 +73,7 @@ def save_preview(
             if masks[key] is not None and masks[key].any():
                 z = int(np.argmax(masks[key].sum(axis=(0, 1))))
                 break
-        ax.imshow(image[:, :, z].T, cmap="gray", vmin=window[0], vmax=window[1], origin="lower")
+        im = ax.imshow(image[:, :, z].T, cmap="gray", vmin=window[0], vmax=window[1], origin="lower")
         for key, colour, _ in _CONTOURS:
             m = masks[key]
             if m is not None and m[:, :, z].any():
@@ -87,7 +87,9 @@ def save_preview(
         if key in df.columns and df[key].notna().any()
     ]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.tight_layout(rect=(0, 0.04, 0.9, 1))
+    if picks:
+        fig.colorbar(im, cax=fig.add_axes((0.92, 0.15, 0.015, 0.7)), label="CT intensity (HU, display window)")
     montage = out_dir / "preview.png"
     fig.savefig(montage, dpi=110)
     plt.close(fig)

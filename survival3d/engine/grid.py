@@ -82,7 +82,7 @@ def run_grid(
     rows: list[dict[str, Any]] = []
     failed: list[str] = []
     n_todo, i = len(runs) - len(done), 0
-    for run in tqdm(runs, desc=desc, disable=not progress):
+    for run in tqdm(runs, desc=desc, disable=None if progress else True):  # None: no bar when not a terminal
         run_dir = out / run.run_id
         if run.run_id in done:
             log.info("%s: finished earlier, skipped", run.run_id)

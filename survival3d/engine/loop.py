@@ -292,7 +292,11 @@ class Engine:
         os.environ.setdefault("WANDB_SILENT", "true")
         try:
             import wandb
-
+        except ImportError:
+            log.warning("wandb is not installed (pip install 'survival3d[wandb]'): wandb logging is off, metrics.csv "
+                        "still has every epoch")
+            return
+        try:
             id_file = self.run_dir / "wandb_id.txt"
             run_id = id_file.read_text().strip() if id_file.is_file() else None
             self.wandb_run = wandb.init(project=w.get("project"), name=w.get("name"), dir=str(self.run_dir),
@@ -337,7 +341,7 @@ class Engine:
             return iterable
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, dynamic_ncols=True, leave=False, **kw)
+        return tqdm(iterable, dynamic_ncols=True, leave=False, disable=None, **kw)  # None: no bar when not a TTY (logs)
 
     # ------------------------------------------------------------------ loops
     def _train_epoch(self, epoch: int) -> dict[str, float]:

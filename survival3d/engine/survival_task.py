@@ -88,8 +88,8 @@ def check_train_config(cfg) -> None:
     if t.early_stop_metric not in METRIC_MODES:
         raise ConfigError(f"train.early_stop_metric '{t.early_stop_metric}' is not a validation metric."
                           f"{did_you_mean(t.early_stop_metric, METRIC_MODES)} Valid: {', '.join(METRIC_MODES)}.")
-    if t.early_stop_mode not in ("max", "min"):
-        raise ConfigError(f"train.early_stop_mode must be 'max' or 'min', got '{t.early_stop_mode}'.")
+    if t.early_stop_mode not in ("auto", "max", "min"):
+        raise ConfigError(f"train.early_stop_mode must be 'auto', 'max' or 'min', got '{t.early_stop_mode}'.")
     if t.final not in ("best", "last"):
         raise ConfigError(f"train.final must be 'best' or 'last', got '{t.final}'.")
     for key, val, lo in (("train.epochs", t.epochs, 1), ("train.val_every", t.val_every, 1),
@@ -110,7 +110,8 @@ def engine_settings(cfg, run_dir: Path) -> EngineSettings:
         epochs=int(t.epochs), seed=int(t.seed), deterministic=bool(t.deterministic), device=t.device,
         optimizer={"name": "adamw", "lr": float(o.lr), "betas": tuple(o.betas), "eps": float(o.eps), "fused": bool(o.fused)},
         scheduler={"name": "warmup_cosine", "min_lr": float(o.min_lr)}, warmup_epochs=float(o.warmup_epochs),
-        grad_clip=float(o.grad_clip), val_every=int(t.val_every), monitor=t.early_stop_metric, mode=t.early_stop_mode,
+        grad_clip=float(o.grad_clip), val_every=int(t.val_every), monitor=t.early_stop_metric,
+        mode=METRIC_MODES[t.early_stop_metric] if t.early_stop_mode == "auto" else t.early_stop_mode,
         patience=int(t.patience), metrics_columns=METRICS_COLUMNS, log_every=int(lg.log_every),
         progress=bool(lg.progress), wandb=wandb)
 

@@ -66,7 +66,12 @@ def _png(image: np.ndarray, pmap: np.ndarray, mask: np.ndarray | None, centres: 
                 ax.contour(mask[sl].T.astype(float), levels=[0.5], colors="cyan", linewidths=1.0)
             ax.set_title(f"{label}: axis {axis} = {int(centre[axis])}", fontsize=9)
             ax.axis("off")
-    fig.colorbar(im, ax=axes, shrink=0.8, label="softmin p (per cubelet)")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="softmin p (weight per cubelet, sums to 1)")
+    if mask is not None and mask.any():
+        from matplotlib.lines import Line2D
+
+        fig.legend(handles=[Line2D([], [], color="cyan", lw=1.0, label="true lesion")], loc="lower center",
+                   fontsize=9, frameon=False)
     fig.suptitle(title)
     try:
         with atomic_path(path) as tmp:
@@ -127,8 +132,10 @@ class HeatmapCallback:
         pad = (0, grid[2] * ps - shape[2], 0, grid[1] * ps - shape[1], 0, grid[0] * ps - shape[0])
         touching = F.max_pool3d(F.pad(batch["mask"].float(), pad), ps)  # cubelets that hold any lesion voxel
         p_on_lesion = float((out.p.float() * (touching > 0)).sum())
-        centres = {"lesion centre": np.round(np.argwhere(mask).mean(axis=0)).astype(int),
-                   "p peak": np.array(np.unravel_index(int(np.argmax(pvox)), pvox.shape))}
+        # p's peak: the centre of the peak cubelet (clipped to the image), not its first voxel
+        peak_cubelet = np.array(np.unravel_index(int(torch.argmax(out.p[0, 0].float())), grid))
+        peak = np.minimum(peak_cubelet * ps + ps // 2, np.array(shape) - 1)
+        centres = {"lesion centre": np.round(np.argwhere(mask).mean(axis=0)).astype(int), "p peak": peak}
         affine = batch["affine"][0].cpu().numpy()
         out_dir = Path(run_dir) / self.folder
         cid = str(batch["id"][0])

@@ -56,18 +56,22 @@ class HeadMap(Explainer):
             ``"trilinear"``.
         shifts: sub-cubelet grid offsets per axis to average over (1 = the model's own grid only, one forward pass;
             at most ``patch_size`` are used).
+        chunk: shifted copies per forward pass (the shifts of one case run as batches of this size).
 
     Raises:
         Unsupported: at call time, when the model's head has no localisation map (``p``/``loc`` is None).
     """
 
-    def __init__(self, *, which: str = "p", mode: str = "nearest", shifts: int = 4):
+    def __init__(self, *, which: str = "p", mode: str = "nearest", shifts: int = 4, chunk: int = 16):
         if which not in ("p", "loc"):
             raise ValueError(f"which must be 'p' or 'loc', got {which!r}.")
         if mode not in ("nearest", "trilinear"):
             raise ValueError(f"mode must be 'nearest' or 'trilinear', got {mode!r}.")
         if shifts < 1:
             raise ValueError(f"shifts must be >= 1, got {shifts}.")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}.")
+        self.chunk = int(chunk)
         self.which = which
         self.mode = mode
         self.shifts = int(shifts)
@@ -99,17 +103,23 @@ class HeadMap(Explainer):
             single = self._map(model(image, **kw)) if single is None else single
             return cubelets_to_image(single, shape, ps, self.mode).cpu()
         ps = int(ps)
-        offsets = grid_offsets(ps, self.shifts)
+        shifts = list(itertools.product(grid_offsets(ps, self.shifts), repeat=3))
+        padded = tuple(int(d) + ps for d in shape)
         total = torch.zeros(image.shape[0], 1, *shape, device=image.device)
-        count = 0
-        for s in itertools.product(offsets, repeat=3):
-            pad = (s[2], ps - s[2], s[1], ps - s[1], s[0], ps - s[0])
-            shifted = F.pad(image, pad, mode="replicate")
-            shifted_kw = {k: F.pad(v, pad, mode="replicate") if k == "lung_mask" else v for k, v in kw.items()}
-            heat = cubelets_to_image(self._map(model(shifted, **shifted_kw)), shifted.shape[2:], ps, self.mode)
-            total += heat[..., s[0]: s[0] + shape[0], s[1]: s[1] + shape[1], s[2]: s[2] + shape[2]]
-            count += 1
-        return (total / count).cpu()
+
+        def shift(x: torch.Tensor, s) -> torch.Tensor:
+            return F.pad(x, (s[2], ps - s[2], s[1], ps - s[1], s[0], ps - s[0]), mode="replicate")
+
+        for b in range(image.shape[0]):  # the shifted copies of one case, batched: same padded shape for every shift
+            for start in range(0, len(shifts), self.chunk):
+                group = shifts[start: start + self.chunk]
+                x = torch.cat([shift(image[b: b + 1], s) for s in group])
+                sub = {k: None if v is None else torch.cat([shift(v[b: b + 1], s) for s in group])
+                       if k == "lung_mask" else v[b: b + 1].expand(len(group), *v.shape[1:]) for k, v in kw.items()}
+                heat = cubelets_to_image(self._map(model(x, **sub)), padded, ps, self.mode)
+                for j, s in enumerate(group):
+                    total[b] += heat[j, :, s[0]: s[0] + shape[0], s[1]: s[1] + shape[1], s[2]: s[2] + shape[2]]
+        return (total / len(shifts)).cpu()
 
 
 EXPLAINERS.register("head", partial(HeadMap, which="p"))

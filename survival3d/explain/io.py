@@ -19,6 +19,8 @@ __all__ = [
     "save_nifti",
     "plane_axes",
     "focus_point",
+    "peak_centre",
+    "lesion_peak",
     "plot_overlays",
     "plot_3d",
 ]
@@ -112,11 +114,41 @@ def plane_axes(affine: np.ndarray | None) -> dict[str, int]:
 
 
 def focus_point(heatmap: np.ndarray, mask: np.ndarray | None = None) -> tuple[int, int, int]:
-    """The lesion's centre of mass when there is a lesion, else the heatmap's peak."""
+    """The lesion's centre of mass when there is a lesion, else the centre of the heatmap's peak."""
     if mask is not None and np.asarray(mask).any():
         c = np.argwhere(np.asarray(mask) > 0).mean(0)
         return tuple(int(round(x)) for x in c)
-    return tuple(int(i) for i in np.unravel_index(np.argmax(heatmap), heatmap.shape))
+    return peak_centre(heatmap)
+
+
+def peak_centre(heatmap: np.ndarray) -> tuple[int, int, int]:
+    """The centre of the heatmap's peak: the centroid of the connected plateau of maximal values that holds the
+    first maximum (for a map that is constant per cubelet, the peak cubelet's centre rather than its first voxel),
+    rounded to a voxel of the plateau."""
+    from scipy import ndimage as ndi
+
+    h = np.asarray(heatmap, dtype=np.float64)
+    first = np.unravel_index(int(np.argmax(h)), h.shape)
+    top = h >= h[first] - 1e-6 * max(abs(float(h[first])), 1e-12)
+    labels, _ = ndi.label(top)
+    pts = np.argwhere(labels == labels[first])
+    c = np.floor(pts.mean(0) + 0.5).astype(int)  # an even-sized cubelet: the upper of its two middle voxels
+    if labels[tuple(c)] != labels[first]:  # a non-convex plateau: its voxel nearest the centroid
+        c = pts[int(np.argmin(((pts - pts.mean(0)) ** 2).sum(1)))]
+    return tuple(int(x) for x in c)
+
+
+def lesion_peak(heatmap: np.ndarray, mask: np.ndarray) -> tuple[int, int, int]:
+    """Where the heatmap and the lesion overlap most: the lesion voxel with the largest heat (the lesion's centre
+    of mass when the heatmap is zero on the whole lesion)."""
+    h = np.asarray(heatmap, dtype=np.float64)
+    m = np.asarray(mask) > 0
+    if not m.any():
+        raise ValueError("lesion_peak needs a non-empty mask.")
+    if not (h[m] > 0).any():
+        return focus_point(h, m)
+    inside = np.where(m, h, -np.inf)
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(inside)), h.shape))
 
 
 def _plt():
@@ -148,35 +180,60 @@ def plot_overlays(
     title: str = "",
     rgb: bool = False,
 ) -> Path:
-    """Axial, coronal and sagittal slices through :func:`focus_point`: the CT in grey, the heatmap on top (jet,
-    normalised to its max, transparent below 5% of it; or the RGB view), the GT lesion contour in lime and the lung
-    contour in cyan."""
+    """Axial, coronal and sagittal slices through the centre of the heatmap's peak (:func:`peak_centre`) and, when
+    the case has a lesion, a second row through the heatmap's strongest point on the lesion (:func:`lesion_peak`):
+    the CT in grey, the heatmap on top (jet, as a fraction of its maximum, with a colour bar; transparent below 5%
+    of it; or the RGB view), the GT lesion contour in lime and the lung contour in cyan. The title gives the share
+    of the heatmap's energy inside the lesion and whether the peak is on it."""
+    from matplotlib.lines import Line2D
+
     plt = _plt()
     h = np.asarray(heatmap, dtype=np.float32)
     hm = h if not rgb else h.mean(0)
-    centre = focus_point(hm, mask)
+    lesion = mask is not None and bool(np.asarray(mask).any())
     axes = plane_axes(affine)
-    fig, ax = plt.subplots(1, 3, figsize=(12, 4.4))
+    peak = peak_centre(hm)
+    rows = {"through the peak": peak}
+    if lesion:
+        rows["through the peak on the lesion"] = lesion_peak(hm, mask)
+    fig, ax = plt.subplots(len(rows), 3, figsize=(12, 4.0 * len(rows) + 0.6), squeeze=False)
     vmax = float(hm.max()) if hm.max() > 0 else 1.0
-    for a, plane in zip(ax, ("axial", "coronal", "sagittal")):
-        axis = axes[plane]
-        idx = [slice(None)] * 3
-        idx[axis] = centre[axis]
-        sl = tuple(idx)
-        a.imshow(np.asarray(image)[sl].T, cmap="gray", origin="lower")
-        if rgb:
-            a.imshow(np.moveaxis(h[(slice(None), *sl)], 0, -1).transpose(1, 0, 2), origin="lower", alpha=0.55)
-        else:
-            shown = np.ma.masked_less_equal(h[sl], 0.05 * vmax)  # faint values stay transparent
-            a.imshow(shown.T, cmap="jet", origin="lower", alpha=0.5, vmin=0, vmax=vmax)
-        if lung_mask is not None and np.asarray(lung_mask)[sl].any():
-            a.contour(np.asarray(lung_mask)[sl].T.astype(float), levels=[0.5], colors="cyan", linewidths=0.7)
-        if mask is not None and np.asarray(mask)[sl].any():
-            a.contour(np.asarray(mask)[sl].T.astype(float), levels=[0.5], colors="lime", linewidths=1.2)
-        a.set_title(f"{plane} (axis {axis} = {centre[axis]})")
-        a.axis("off")
-    if title:
-        fig.suptitle(title)
+    im = None
+    for r, (row_label, centre) in enumerate(rows.items()):
+        for a, plane in zip(ax[r], ("axial", "coronal", "sagittal")):
+            axis = axes[plane]
+            idx = [slice(None)] * 3
+            idx[axis] = centre[axis]
+            sl = tuple(idx)
+            ct = a.imshow(np.asarray(image)[sl].T, cmap="gray", origin="lower",
+                          vmin=float(np.min(image)), vmax=float(np.max(image)))
+            if rgb:
+                a.imshow(np.moveaxis(h[(slice(None), *sl)], 0, -1).transpose(1, 0, 2), origin="lower", alpha=0.55)
+            else:
+                shown = np.ma.masked_less_equal(h[sl] / vmax, 0.05)  # faint values stay transparent
+                im = a.imshow(shown.T, cmap="jet", origin="lower", alpha=0.5, vmin=0, vmax=1)
+            if lung_mask is not None and np.asarray(lung_mask)[sl].any():
+                a.contour(np.asarray(lung_mask)[sl].T.astype(float), levels=[0.5], colors="cyan", linewidths=0.7)
+            if lesion and np.asarray(mask)[sl].any():
+                a.contour(np.asarray(mask)[sl].T.astype(float), levels=[0.5], colors="lime", linewidths=1.2)
+            a.set_title(f"{plane} {row_label}\n(axis {axis} = {centre[axis]})", fontsize=9)
+            a.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=ax, shrink=0.8, label="heatmap / its maximum (relative)")
+    else:  # an RGB view has no scale of its own: the scan's
+        fig.colorbar(ct, ax=ax, shrink=0.8, label="image intensity (model input)")
+    handles = [Line2D([], [], color="lime", lw=1.2, label="GT lesion")] if lesion else []
+    if lung_mask is not None and np.asarray(lung_mask).any():
+        handles.append(Line2D([], [], color="cyan", lw=0.7, label="lung"))
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+    metric = ""
+    if lesion and not rgb and hm.sum() > 0:
+        m = np.asarray(mask) > 0
+        energy = float(np.clip(hm, 0, None)[m].sum() / np.clip(hm, 0, None).sum())
+        metric = (f"energy in lesion {energy:.2f} (uniform map: {m.mean():.2f}), "
+                  f"peak {'on' if m[peak] else 'off'} the lesion")
+    fig.suptitle(" · ".join(t for t in (title, metric) if t) or "heatmap overlay")
     return _save(fig, Path(path))
 
 
@@ -221,15 +278,20 @@ def plot_3d(
         for b0 in (0, hh):
             for c0 in (0, w):
                 ax.plot([0, d], [b0, b0], [c0, c0], color="grey", lw=0.6)
-    if mask is not None and np.asarray(mask).any():
-        _surface(ax, mask, 0.5, "limegreen", 0.35, step)
-    if h.max() > 0:
-        _surface(ax, h / h.max(), iso, "red", 0.45, step)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor="lightgrey", alpha=0.5, label="lung" if lung_mask is not None
+                     and np.asarray(lung_mask).any() else "volume (box)")]
+    if mask is not None and np.asarray(mask).any() and _surface(ax, mask, 0.5, "limegreen", 0.35, step):
+        handles.append(Patch(facecolor="limegreen", alpha=0.6, label="GT lesion"))
+    if h.max() > 0 and _surface(ax, h / h.max(), iso, "red", 0.45, step):
+        handles.append(Patch(facecolor="red", alpha=0.6, label=f"heatmap ≥ {iso:g} × max"))
+    ax.legend(handles=handles, loc="upper left", fontsize=8)
     ax.set_xlim(0, h.shape[0])
     ax.set_ylim(0, h.shape[1])
     ax.set_zlim(0, h.shape[2])
-    ax.set_xlabel("axis 0")
-    ax.set_ylabel("axis 1")
-    ax.set_zlabel("axis 2")
-    ax.set_title(title or f"heatmap ≥ {iso:g}·max (red), lesion (green)")
+    ax.set_xlabel("axis 0 (voxels)")
+    ax.set_ylabel("axis 1 (voxels)")
+    ax.set_zlabel("axis 2 (voxels)")
+    ax.set_title((title + "\n" if title else "") + f"3D: heatmap ≥ {iso:g}·max (red), lesion (green)", fontsize=10)
     return _save(fig, Path(path))

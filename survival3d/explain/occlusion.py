@@ -4,6 +4,9 @@ box is occluded: ``heatmap = risk(image) - risk(occluded image)`` (positive wher
 
 from __future__ import annotations
 
+import warnings
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -58,8 +61,16 @@ class Occlusion(Explainer):
             size = [min(self.mask_size, s) for s in x.shape[2:]]
             occ = OcclusionSensitivity(wrapper, mask_size=size, n_batch=self.n_batch, verbose=False,
                                        mode=self.mode, overlap=self.overlap, activate=False)
-            occ_map, _ = occ(x)  # the risk with the region around each voxel occluded: (1, 1, D, H, W[, 1])
+            with warnings.catch_warnings():  # MONAI indexes with lists (a torch deprecation warning per call)
+                warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                                        category=UserWarning)
+                occ_map, _ = occ(x)  # the risk with the region around each voxel occluded: (1, 1, D, H, W[, 1])
             if occ_map.ndim == x.ndim + 1:
                 occ_map = occ_map[..., 0]
             maps.append((base - occ_map).float().cpu())
         return torch.cat(maps)
+
+
+#: The coarse variant ``explain`` runs by default: non-overlapping boxes of the default edge, (1 − overlap)⁻³ = 8×
+#: fewer forward passes than ``occlusion`` (64 instead of 343 on a 32³ volume); the map is blocky at the box size.
+EXPLAINERS.register("occlusion_coarse", partial(Occlusion, mask_size=8, overlap=0.0))

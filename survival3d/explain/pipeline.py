@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,7 @@ def explain_cases(
     rows = []
     if max_views is not None and max_views < 0:
         raise ValueError(f"max_views must be >= 0, got {max_views}.")
-    for index, case in enumerate(tqdm(cases, desc="explain", unit="case", disable=not progress, total=total)):
+    for index, case in enumerate(tqdm(cases, desc="explain", unit="case", disable=None if progress else True, total=total)):
         case_views = views and (max_views is None or index < max_views)
         batch = case.batch
         image = _np(batch["image"])
@@ -102,7 +103,9 @@ def explain_cases(
             src_affine = case.model_affine if case.model_affine is not None else np.eye(4)
             src_shape = image.shape
         case_dir = out_dir / "cases" / safe_name(case.id)
+        t_case, spent = time.perf_counter(), {}
         for name, explainer in list(explainers.items()):
+            t0 = time.perf_counter()
             try:
                 heat = explainer(model, batch)[0].numpy()  # (C, D, H, W)
             except Unsupported as e:  # the model lacks what this method needs (e.g. a head without a p map)
@@ -130,9 +133,22 @@ def explain_cases(
                 if torch.is_tensor(batch.get(key)):
                     row[key] = float(batch[key].reshape(-1)[0])
             rows.append(row)
+            spent[name] = time.perf_counter() - t0
+        if index == 0:
+            _log_estimate(time.perf_counter() - t_case, spent, total)
     cols = ["case_id", "method", "has_lesion", *LOCALISATION_COLUMNS, "peak_to_mean"]
     df = pd.DataFrame(rows)
     return df[cols + [c for c in df.columns if c not in cols]] if len(df) else pd.DataFrame(columns=cols)
+
+
+def _log_estimate(first: float, spent: dict[str, float], total: int | None) -> None:
+    """After the first case: its time per method and the expected time for all cases (first case × count; the
+    first case also pays one-off costs, so this errs on the long side)."""
+    per = ", ".join(f"{m} {t:.1f} s" for m, t in sorted(spent.items(), key=lambda kv: -kv[1]))
+    if total and total > 1:
+        log.info("first case took %.1f s (%s): about %.1f min for all %d cases", first, per, first * total / 60, total)
+    else:
+        log.info("first case took %.1f s (%s)", first, per)
 
 
 def leaderboard(table: pd.DataFrame) -> tuple[dict, str]:

@@ -234,7 +234,8 @@ def _plot_conv_ratio(out: Path, table: pd.DataFrame, path: Path) -> None:
         if curves:
             curve = pd.concat(curves, axis=1).mean(axis=1)
             ax.plot(curve.index, curve.values, lw=1.2, ms=3, label=f"{lg} / {mk}", **styles[(lg, mk)])
-    ax.set(xlabel="epoch", ylabel="conv ratio (mean over FlexLayers, validation)", ylim=(-0.02, 1.02))
+    ax.set(xlabel="epoch", ylabel="conv ratio (mean over FlexLayers, validation)", ylim=(-0.02, 1.02),
+           title="FlexLayers conv ratio per epoch (validation, mean over runs)")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title="logits / masking")
     fig.tight_layout()

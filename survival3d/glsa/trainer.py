@@ -165,8 +165,9 @@ def save_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path, ti
     ax.set_yticks(range(k), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="recall")
+    acc = float(np.trace(cm) / max(cm.sum(), 1))
+    ax.set_title((title + "\n" if title else "") + f"confusion matrix, accuracy {acc:.3f} (counts in cells)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="recall (row-normalised)")
     fig.tight_layout()
     _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
@@ -178,9 +179,13 @@ def save_gradcam(model: GLSANet, data: SplitData, device: torch.device, n: int, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    try:
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.image import show_cam_on_image
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError:
+        log.warning("grad-cam is not installed (pip install 'survival3d[gradcam]'): skipping %s", path.name)
+        return
 
     n = min(n, len(data.val))
     if n <= 0:
@@ -204,8 +209,13 @@ def save_gradcam(model: GLSANet, data: SplitData, device: torch.device, n: int, 
         axes[1, j].set_title(f"pred {data.class_names[pred[j]]}", fontsize=8)
         for ax in axes[:, j]:
             ax.axis("off")
-    fig.suptitle("Grad-CAM on the GLSA block output", fontsize=9)
-    fig.tight_layout()
+    acc = float(np.mean(np.asarray(pred) == np.asarray(labels)))
+    fig.suptitle(f"Grad-CAM on the GLSA block output ({n} validation images, {acc:.0%} correct)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(cmap="jet", norm=matplotlib.colors.Normalize(0, 1)),
+                 cax=fig.add_axes((0.92, 0.1, 0.015, 0.35)), label="Grad-CAM (relative)")
     _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from survival3d.io import atomic_path
-from survival3d.metrics.survival import pmf_to_survival, survival_at
+from survival3d.metrics.survival import harrell_c_index, pmf_to_survival, survival_at
 
 __all__ = ["plot_pred_vs_observed", "plot_km_by_risk_tertile", "plot_calibration", "save_figure"]
 
@@ -43,8 +43,15 @@ def plot_pred_vs_observed(predictions: pd.DataFrame, path: str | Path, title: st
     ev = predictions["event"].to_numpy().astype(bool)
     pred = predictions["pred_time"].to_numpy(float)
     panels = [("time", "observed time")] + ([("expected_time", "expected (noise-free) time")] if has_exp else [])
+    risk = predictions["risk"].to_numpy(float) if "risk" in predictions.columns else -pred
     for ax, (col, label) in zip(axes[0], panels):
         x = predictions[col].to_numpy(float)
+        # Harrell's C of the prediction against this panel's times (expected times: every case counts as an event)
+        try:
+            c = harrell_c_index(x, risk, ev if col == "time" else np.ones_like(ev))
+        except (ZeroDivisionError, ValueError):  # no comparable pair
+            c = float("nan")
+        ax.set_title(f"predicted vs {label}\nHarrell C-index {c:.3f} (n = {len(x)})", fontsize=10)
         ax.scatter(x[ev], pred[ev], s=18, c="tab:blue", label=f"event (n={ev.sum()})")
         ax.scatter(
             x[~ev], pred[~ev], s=18, facecolors="none", edgecolors="tab:orange", label=f"censored (n={(~ev).sum()})"
@@ -58,6 +65,7 @@ def plot_pred_vs_observed(predictions: pd.DataFrame, path: str | Path, title: st
         ax.set_aspect("equal", adjustable="datalim")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -88,6 +96,10 @@ def plot_km_by_risk_tertile(predictions: pd.DataFrame, path: str | Path, title: 
             )
     ax.set_xlabel("time")
     ax.set_ylabel("survival probability")
+    ax.set_ylim(-0.02, 1.02)
+    # below the axes: the curves start at the top left and a legend inside would cover them
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False,
+              title="predicted-risk tertile (shaded: 95% CI)", title_fontsize=8)
     ax.set_title((title + "\n" if title else "") + f"KM by predicted-risk tertile, log-rank p = {p:.2g}")
     return save_figure(fig, path), p
 
@@ -123,13 +135,16 @@ def plot_calibration(
             lo.append(float(row.iloc[-1, 0]) if len(row) else 1.0)
             hi.append(float(row.iloc[-1, 1]) if len(row) else 1.0)
         ys, lo, hi = np.array(ys), np.array(lo), np.array(hi)
-        ax.errorbar(xs, ys, yerr=[np.clip(ys - lo, 0, None), np.clip(hi - ys, 0, None)], fmt="o-", capsize=3)
-        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.errorbar(xs, ys, yerr=[np.clip(ys - lo, 0, None), np.clip(hi - ys, 0, None)], fmt="o-", capsize=3,
+                    label=f"{len(xs)} bins: KM ± 95% CI")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.legend(loc="best", fontsize=8)  # where it covers the fewest points
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(f"predicted S({t:g})")
         ax.set_ylabel(f"observed KM S({t:g})")
-        ax.set_title(f"t = {t:g}")
-    if title:
-        fig.suptitle(title)
+        gap = float(np.mean(np.abs(np.asarray(xs) - ys)))
+        ax.set_title(f"t = {t:g}: mean |predicted − observed| {gap:.3f}", fontsize=10)
+    fig.suptitle((title + ": " if title else "") + "calibration of the predicted survival S(t)")
+    fig.tight_layout()
     return save_figure(fig, path)

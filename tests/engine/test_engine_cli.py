@@ -18,7 +18,7 @@ def _run(*args, timeout=60):
 @pytest.mark.parametrize(
     "args, pattern",
     [
-        (["model.dpeth=3"], r"unknown config key 'model.dpeth'.*Did you mean 'depth'"),
+        (["model.dpeth=3"], r"unknown config key 'model.dpeth'.*Did you mean 'model.depth'"),
         (["train.epochs=many"], r"invalid value for 'train.epochs'"),
         (["--resume", "/nonexistent/run"], r"no config.yaml there"),
         (["--config", "no_such_config.yaml"], r"config file 'no_such_config.yaml' not found"),

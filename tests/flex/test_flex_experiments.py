@@ -88,7 +88,7 @@ def test_list_and_config_errors(tmp_path, capsys):
     code, _, err = _cli(capsys, "flex-experiments", "--plan", plan, "--out", o, "--list", "grid.logits=[treshold]")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Did you mean 'threshold'" in err
     code, _, err = _cli(capsys, "flex-experiments", "--plan", plan, "--out", o, "model.chanels=[4]")
-    assert code == 2 and "Did you mean 'channels'" in err
+    assert code == 2 and "Did you mean 'model.channels'" in err
     code, _, err = _cli(capsys, "flex-train", "--out", o, "data.name=cifar10", f"data.root={tmp_path}")
     assert code == 1 and "cifar-10-batches-py" in err and "data.root" in err
     assert not (o / "result.json").exists()

@@ -107,4 +107,4 @@ def test_cli_registers_the_glsa_commands(capsys):
 
 def test_cli_unknown_config_key_exits_2(tmp_path, capsys):
     assert main(["glsa-train", "--config", "configs/glsa/digits.yaml", "model.fusoin=learnable_gate"]) == 2
-    assert "Did you mean 'fusion'" in capsys.readouterr().err
+    assert "Did you mean 'model.fusion'" in capsys.readouterr().err
