@@ -151,7 +151,9 @@ def test_contracts_is_a_leaf():
         ("data", ("models", "losses", "engine", "explain", "cli")),
         ("models", ("data", "engine", "explain", "cli")),
         ("losses", ("engine", "explain", "cli", "data")),
-        ("engine", ("cli",)),
+        ("engine", ("cli", "predict")),
+        ("explain", ("cli", "predict")),
+        ("predict", ("cli",)),
     ],
 )
 def test_layers(layer, forbidden):

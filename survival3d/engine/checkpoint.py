@@ -152,19 +152,20 @@ class TrainedModel:
     def split(self) -> dict[str, list[str]]:
         return self.checkpoint.get("split", {})
 
-    def dataset(self, manifest: str | os.PathLike | None = None, ids=None):
+    def dataset(self, manifest: str | os.PathLike | None = None, ids=None, *, require_outcome: bool = True):
         """Validation-style dataset (no augmentation, the run's transforms and encoder).
 
         Args:
             manifest: cases to predict (a manifest CSV); ``None`` = the run's own data (``cfg.data``).
             ids: restrict to these ids (e.g. ``self.split["val"]``); ``None`` = all cases.
+            require_outcome: ``False`` accepts a manifest without time/event (explain, predict).
         """
         from survival3d.data.datasets import build_dataset, load_cases, manifest_cases
 
         if manifest is None:
             cases = load_cases(self.cfg.data, generate_case=getattr(self, "_generate_case", None))
         else:
-            cases = manifest_cases(str(manifest))
+            cases = manifest_cases(str(manifest), require_outcome=require_outcome)
         return build_dataset(cases, cases.ids if ids is None else ids, self.covariate_encoder, self.cfg.data, train=False)
 
     def predict(self, dataset_or_loader, *, batch_size: int | None = None) -> pd.DataFrame:
@@ -214,7 +215,12 @@ def load_trained(path_or_run_dir: str | os.PathLike, device: str | torch.device 
     cfg = config_from_checkpoint(state)
     encoder = CovariateEncoder.from_state(state["covariate_encoder"])
     model = components.model(cfg, encoder.spec)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # weights of another architecture than the stored config builds
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)[:200]
+        raise InputError(f"the weights do not fit the model its config builds (a checkpoint from a different model "
+                         f"config?): {first[:200]}", path=path, field="model") from None
     model.to(device).eval()
     loss_fn = components.loss(cfg.loss)
     if state.get("loss"):
