@@ -322,9 +322,20 @@ def predict_one(ens: Ensemble, prep: Preparer, case: CaseInput, kind: str, job: 
     """Predict one case and write its files; returns its ``prediction.json`` content."""
     from survival3d.predict.report import (plot_overlay, plot_survival, survival_table, write_summary_page)
 
+    import time
+
     case_dir = Path(job.out_dir) / "cases" / safe_name(case.id)
+    clock = [time.perf_counter()]
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        clock.append(time.perf_counter())
+        seconds[name] = round(clock[-1] - clock[-2], 3)
+
     p = prep(case, kind)
+    lap("read_and_preprocess")
     res = run_ensemble(ens, p.batch, heatmap=job.heatmap)
+    lap("model_and_heatmap")
     unit = ens.unit
     files: dict[str, str] = {}
     info: dict[str, Any] = {
@@ -348,9 +359,11 @@ def predict_one(ens: Ensemble, prep: Preparer, case: CaseInput, kind: str, job: 
         heat_model = res["heat"].astype(np.float32)
         heat_orig = map_to_original(heat_model, model_affine, p.original_affine, p.original_shape)
         heat_orig = np.clip(heat_orig, 0.0, None).astype(np.float32)
+        lap("heatmap_to_original_grid")
         write_nifti(case_dir / "heatmap.nii.gz", heat_orig, p.original_affine, xyzt_units="mm")
         write_nifti(case_dir / "heatmap_model.nii.gz", heat_model, model_affine, xyzt_units="mm")
         files.update(heatmap="heatmap.nii.gz", heatmap_model="heatmap_model.nii.gz")
+        lap("write_heatmaps")
         info["peak_world_mm"] = peak_world(heat_model, model_affine)
         info["peak_world_mm_original_grid"] = peak_world(heat_orig, p.original_affine) if heat_orig.max() > 0 else None
         if job.figures:
@@ -366,7 +379,9 @@ def predict_one(ens: Ensemble, prep: Preparer, case: CaseInput, kind: str, job: 
     if job.figures:
         write_summary_page(info, ens, case_dir, files)
         files["summary"] = "summary.html"
+    lap("figures_and_page")
     info["files"] = files
+    info["seconds"] = seconds
     write_json(case_dir / "prediction.json", info, default=lambda o: None)  # last: marks the case done
     return info
 
