@@ -4,15 +4,18 @@ writers built on it."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write", "write_text", "write_json", "write_csv", "write_nifti"]
+__all__ = ["atomic_path", "atomic_write", "write_text", "write_json", "write_csv", "write_nifti", "FolderLock",
+           "remove_stale_temps", "atomic_folder"]
 
 
 @contextmanager
@@ -107,3 +110,96 @@ def write_nifti(path: str | os.PathLike, array, affine, *, dtype=None, xyzt_unit
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
+
+
+def remove_stale_temps(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left beside ``folder/name`` when a process was killed while
+    writing it (``.<name>.<random>.tmp*``); returns what was removed. Call it only while holding the folder's lock."""
+    removed = []
+    for p in Path(folder).glob(f".{name}.*.tmp*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+class FolderLock:
+    """An exclusive, non-blocking ``fcntl.flock`` on ``folder/.lock``, held until :meth:`release` (or process exit).
+
+    The kernel drops the lock when its process dies (even by ``kill -9``), so a lock file left by a crash is never
+    stale: the next :meth:`acquire` succeeds. The file records the holder's pid, for the message of a refused lock.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.path = self.folder / self.NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; ``False`` when another process holds it."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        """The pid written by the process holding the lock ('?' when unknown)."""
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path``; when the block ends cleanly, the folder replaces ``path``
+    (an existing ``path`` is moved aside and deleted, so old and new outputs are never mixed); on an exception the
+    temporary folder is deleted and ``path`` is left as it was.
+
+    Files already in ``path`` are not carried over: the command writes its whole output into the new folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        old = None
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "output path exists and is not a folder", str(path))
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / "x")
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old is not None:
+                os.replace(old / "x", path)  # put the previous output back
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

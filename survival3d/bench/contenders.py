@@ -208,7 +208,7 @@ class SurvivalContender(BenchContender):
             )
         if self.use_lung_mask:
             inputs["lung_mask"] = torch.ones_like(inputs["image"])
-        tmax = int(self.cfg.loss.tmax)
+        tmax = int(self.loss_fn.tmax)  # the resolved grid (loss.tmax may be "auto")
         inputs["time"] = torch.randint(1, tmax + 1, (b,), device=dev).float()
         inputs["event"] = (torch.rand(b, device=dev) < 0.7).float()
         return inputs

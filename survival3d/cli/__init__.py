@@ -5,12 +5,16 @@ Each command is a class registered in :data:`COMMANDS` from its own module (list
 ``--help`` and argument errors are instant.
 
 Errors caused by the user (bad arguments, config keys, input files) print one line to stderr and exit non-zero
-(2 for arguments and config, 1 for data); anything else is a bug and keeps its traceback.
+(2 for arguments and config, 1 for data); environment errors (disk full, permission denied, read-only file system,
+a path that is a file where a folder is needed, or the reverse) print one line naming the path and exit 74; a training
+loss that became NaN/inf exits 3; Ctrl-C exits 130. Anything else is a bug and keeps its traceback
+(docs/reliability.md lists the guarantees).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -19,13 +23,14 @@ from collections.abc import Sequence
 from survival3d.errors import Survival3DError
 from survival3d.registry import Registry
 
-__all__ = ["COMMANDS", "main", "OneLineParser"]
+__all__ = ["COMMANDS", "main", "OneLineParser", "ENVIRONMENT_ERRNOS", "EXIT_ENVIRONMENT", "environment_error"]
 
 COMMANDS: Registry = Registry("command")
 
 _COMMAND_MODULES = (
     "dummy",
     "train",
+    "pretrain",
     "evaluate",
     "explain",
     "preprocess",
@@ -35,6 +40,44 @@ _COMMAND_MODULES = (
     "glsa",
     "flex",
 )
+
+
+#: errno values that are the machine's fault, not a bug: reported in one line naming the path
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.EISDIR: "is a folder, not a file",
+    errno.EEXIST: "already exists",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EIO: "input/output error",
+}
+EXIT_ENVIRONMENT = 74  # BSD sysexits EX_IOERR
+
+
+def environment_error(e: BaseException) -> str | None:
+    """The one-line message for an environment error (an ``OSError`` with an errno of :data:`ENVIRONMENT_ERRNOS`,
+    possibly wrapped by torch/nibabel as the cause of another exception), or ``None``."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            where = e.filename if e.filename is not None else "(path not reported)"
+            extra = f" -> {e.filename2}" if getattr(e, "filename2", None) else ""
+            return f"{where}{extra}: {ENVIRONMENT_ERRNOS[e.errno]} ({errno.errorcode.get(e.errno, e.errno)})"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _torch_disk_full(e: BaseException) -> str | None:
+    """torch.save reports a full disk as a RuntimeError ('... file write failed' / 'enforce fail at inline_container')."""
+    text = str(e)
+    if isinstance(e, RuntimeError) and ("file write failed" in text or "inline_container" in text):
+        return f"writing a checkpoint failed (disk full?): {text.splitlines()[0][:200]}"
+    return None
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -75,3 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"run.py {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (OSError, RuntimeError) as e:
+        msg = environment_error(e) or _torch_disk_full(e)
+        if msg is None:
+            raise
+        print(f"run.py {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_ENVIRONMENT

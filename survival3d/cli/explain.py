@@ -67,6 +67,7 @@ def load_cases(checkpoint: Path, manifest: Path, max_cases: int | None):
             yield Case(id=cid, batch=batch, source=sources.get(cid), model_affine=affine)
 
     trained.model.eval()
+    trained.model.time_grid = trained.time_grid  # explain_cases reports pred_time in the data's unit
     return trained.model, len(ids), cases()
 
 
@@ -107,10 +108,17 @@ class Explain:
         ckpt = Path(args.checkpoint)
         if not ckpt.exists():
             raise InputError("no such checkpoint file or run directory", path=ckpt, field="--checkpoint")
+        from survival3d.cli.evaluate import check_output_folder
+        from survival3d.io import atomic_folder
+
+        check_output_folder(Path(args.out), "leaderboard.json")
         model, n, cases = load_cases(ckpt, manifest, args.max_cases)
-        table = explain_cases(model, cases, methods, args.out, tolerance=args.tolerance, topk=args.topk,
-                              views=not args.no_views, max_views=args.max_views, total=n)
-        board = write_leaderboard(table, args.out)
+        # written into a new folder that replaces --out at the end: a failure leaves no partial or mixed output
+        with atomic_folder(args.out) as out:
+            table = explain_cases(model, cases, methods, out, tolerance=args.tolerance, topk=args.topk,
+                                  views=not args.no_views, max_views=args.max_views, total=n,
+                                  time_grid=getattr(model, "time_grid", None))
+            board = write_leaderboard(table, out)
         for m in board["ranking"]:
             s = board["lesion"][m]
             log.info("%-18s pointing %.3f  energy %.3f  energy(cubelet) %.3f  (chance %.3f)", m,

@@ -41,6 +41,26 @@ def _fmt(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4f}"
 
 
+def experiment_config(args, default_job: dict):
+    """The run's config from ``--config``/``--resume``/overrides (``default_job`` without either), for ``train`` and
+    ``pretrain``; under torchrun only rank 0 logs progress."""
+    from survival3d.config import ExperimentConfig, load_config
+
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: progress and results come from rank 0 only
+        logging.getLogger().setLevel(logging.WARNING)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run folder).")
+        if args.config:
+            raise ConfigError("--resume uses the run's own config.yaml; give overrides instead of --config.")
+        return load_config(run_dir / "config.yaml", list(args.overrides) + [f"out_dir={run_dir.parent}", f"name={run_dir.name}"],
+                           schema=ExperimentConfig)
+    if args.config:
+        return load_config(args.config, args.overrides, schema=ExperimentConfig)
+    return load_config(None, args.overrides, schema=ExperimentConfig, defaults=default_job)
+
+
 @COMMANDS.register("train")
 class TrainCommand:
     help = "train a survival model (default: a small dummy1 run on the CPU)"
@@ -55,22 +75,7 @@ class TrainCommand:
         parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=20")
 
     def run(self, args) -> int:
-        from survival3d.config import ExperimentConfig, load_config
-
-        if int(os.environ.get("RANK", "0")) != 0:  # torchrun: progress and results come from rank 0 only
-            logging.getLogger().setLevel(logging.WARNING)
-        if args.resume:
-            run_dir = Path(args.resume)
-            if not (run_dir / "config.yaml").is_file():
-                raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run folder).")
-            if args.config:
-                raise ConfigError("--resume uses the run's own config.yaml; give overrides instead of --config.")
-            cfg = load_config(run_dir / "config.yaml", list(args.overrides) + [f"out_dir={run_dir.parent}", f"name={run_dir.name}"],
-                              schema=ExperimentConfig)
-        elif args.config:
-            cfg = load_config(args.config, args.overrides, schema=ExperimentConfig)
-        else:
-            cfg = load_config(None, args.overrides, schema=ExperimentConfig, defaults=DEFAULT_JOB)
+        cfg = experiment_config(args, DEFAULT_JOB)
 
         from survival3d.engine.distributed import shutdown_distributed
         from survival3d.engine.experiment import run_dir_of, run_experiment
@@ -95,10 +100,12 @@ class TrainCommand:
                 return "n/a" if v is None else f"{v['mean']:.4f} ± {v['sd']:.4f}"
 
             msg = (f"{cfg.cv.folds}-fold validation C-index {ms('c_index')} (oracle {ms('c_index_oracle')}); "
-                   f"censored MAE {ms('mae_censored')}; results in {run_dir / 'cv_metrics.json'}")
+                   f"censored MAE {ms('mae_censored')}{' ' + cfg.data.time_unit if cfg.data.time_unit else ''}; "
+                   f"results in {run_dir / 'cv_metrics.json'}")
         else:
             msg = (f"validation C-index {_fmt(result.get('c_index'))} (oracle C-index {_fmt(result.get('c_index_oracle'))}), "
-                   f"MAE uncensored {_fmt(result.get('mae_uncensored'))}, censored {_fmt(result.get('mae_censored'))}; "
+                   f"MAE uncensored {_fmt(result.get('mae_uncensored'))}, censored {_fmt(result.get('mae_censored'))}"
+                   f"{' ' + result['time_unit'] if result.get('time_unit') else ''}; "
                    f"{result.get('epochs')} epochs in {result.get('time', 0):.0f} s; results in {run_dir}")
             if result.get("heatmap"):
                 msg += f"\nheatmap: {result['heatmap']} (NIfTI: {result['heatmap_nifti']}; p on lesion {result['p_on_lesion']:.2f})"

@@ -32,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "CVConfig",
     "LoggingConfig",
+    "PretrainConfig",
     "ExperimentConfig",
 ]
 
@@ -48,6 +49,7 @@ class CovariateConfig:
 class DataConfig:
     source: str = "dummy"  # "dummy" (generated in memory) or "manifest"
     manifest: Optional[str] = None  # CSV with id,image,time,event[,mask,lung_mask,expected_time,covariates...]
+    time_unit: str = ""  # unit of the manifest's times (days | weeks | months | years | any label); "" = unstated
     # the generator's parameters (survival3d.data.dummy_spec.DummySpec); the config default censors 30% at every level
     dummy: DummySpec = field(default_factory=lambda: DummySpec(censor_frac=0.3))
     covariates: CovariateConfig = field(default_factory=CovariateConfig)
@@ -79,7 +81,7 @@ class ModelConfig:
     steps, patch 8 did not (docs/model.md).
     """
 
-    name: str = "survival3d"  # key in survival3d.models.MODELS
+    name: str = "survival3d"  # the network (survival3d.models.MODEL_NAMES: one today)
     in_channels: int = 1
     patch_size: int = 4  # cubelet edge in voxels (4 for 32^3 dummy volumes -> 8^3 cubelets; 8-16 for CT)
     stem_convs: int = 1  # convolutions in the Conv3dPatchEmbed stem (first n-1 are 3^3 stride 2)
@@ -104,6 +106,10 @@ class ModelConfig:
     global_residual: bool = True  # residual link around the whole transformer
     use_checkpoint: bool = False  # activation checkpointing per block (large volumes)
     max_windows_per_call: int = 32768  # windows per SDPA call (bigger calls failed in cuDNN at 256^3)
+    vq_codes: int = 0  # > 0: vector-quantise the encoder's output tokens with this many codes (0 = continuous)
+    vq_decay: float = 0.99  # EMA decay of the codebook (0 = learn it by gradient)
+    vq_commitment: float = 0.25  # commitment weight beta of the VQ loss
+    init: Optional[str] = None  # pretrained encoder: a run folder of run.py pretrain/train or a .pt checkpoint
 
 
 @dataclass
@@ -114,9 +120,9 @@ class HeadConfig:
     hidden: list[int] = field(default_factory=lambda: [64])  # 1-2 hidden layers
     beta_init: float = 5.0  # BETA_HEAD
     learn_beta: bool = True
-    loc_bias_init: float = 50.0  # loc_bias
+    loc_bias_init: Any = "auto"  # loc_bias, in grid units; auto = TMAX/2 (50 for TMAX 100)
     learn_loc_bias: bool = True
-    loc_scale: float = 10.0  # time units per unit of head-MLP output (1.0: locs barely spread in 100s of steps)
+    loc_scale: Any = "auto"  # grid units per unit of head-MLP output; auto = TMAX/10 (1.0: locs barely spread in 100s of steps)
     lung_frac_min: float = 0.5  # cubelets with less lung than this are invalid (when a lung mask is given)
     entropy_weight: float = 0.0  # w * sum p log p (w > 0 spreads p, w < 0 sharpens it)
     smooth_weight: float = 0.0  # w * mean squared loc difference between neighbouring cubelets
@@ -128,9 +134,11 @@ class LossConfig:
 
     name: str = "censored"  # censored | classical | cox_efron | cox_breslow
     alpha_cens: float = 1.0  # ALPHA_CENS: weight of censored cases
-    var_init: float = 100.0  # VAR (fixed) or VAR_INIT (learnable) of the discretised Gaussian
+    var_init: Any = "auto"  # VAR (fixed) or VAR_INIT (learnable), grid units²; auto = (TMAX/10)² (100 for TMAX 100)
     learn_var: bool = False
-    tmax: int = 100  # TMAX: support of the predicted distribution is t = 1..tmax
+    tmax: Any = "auto"  # TMAX: support t = 1..tmax grid units; an int = 1 bin per time unit; auto: see survival3d/time_grid.py
+    auto_bins: int = 100  # loss.tmax=auto on a manifest: bins of the fitted grid
+    auto_margin: float = 1.2  # ... spanning [0, auto_margin × max training time]
     reduction: str = "mean"  # mean | sum over the batch
 
 
@@ -144,6 +152,7 @@ class OptimConfig:
     min_lr: float = 0.0  # floor of the cosine decay
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     fused: bool = True  # fused AdamW on CUDA
+    layer_decay: float = 1.0  # layer-wise lr decay: block i of n gets lr * layer_decay**(n - i); 1 = off
 
 
 @dataclass
@@ -162,6 +171,7 @@ class TrainConfig:
     heatmap: bool = True  # write the softmin p of a validation case with a lesion (PNG + NIfTI)
     ddp_find_unused: bool = False  # DistributedDataParallel(find_unused_parameters=...)
     overwrite: bool = False  # replace an existing runs/<name> (otherwise: error unless --resume)
+    freeze_encoder_epochs: int = 0  # train only the head (and FiLM) for this many epochs first (with model.init)
 
 
 @dataclass
@@ -183,6 +193,18 @@ class LoggingConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """``run.py pretrain``: the masked-cubelet autoencoder (``survival3d.models.pretrain``); the encoder is ``model.*``."""
+
+    mask_ratio: float = 0.6  # fraction of each volume's cubelets hidden
+    decoder_dim: int = 48
+    decoder_depth: int = 1  # window-attention blocks of the decoder (0: per-cubelet MLP)
+    decoder_heads: int = 3
+    norm_target: bool = True  # targets normalised per cubelet (mean/std of its voxels)
+    figure: bool = True  # reconstruction.png at the end
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "default"
     out_dir: str = "runs"
@@ -194,4 +216,5 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     cv: CVConfig = field(default_factory=CVConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with the run

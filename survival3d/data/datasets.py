@@ -151,6 +151,7 @@ def manifest_cases(path: str, *, group_column: str | None = None, require_outcom
         if group_column not in df.columns:
             raise InputError(f"cv.group_column '{group_column}' is not a column of the manifest.", path=path, field=group_column)
         groups = df[group_column].astype(str).tolist()
+    check_volumes(df, mask_keys, path)
     records = []
     for row in df.to_dict(orient="records"):
         rec = {k: v for k, v in row.items() if k not in MASK_KEYS or k in mask_keys}
@@ -160,6 +161,33 @@ def manifest_cases(path: str, *, group_column: str | None = None, require_outcom
             rec["expected_time"] = None
         records.append(rec)
     return Cases(records, mask_keys=mask_keys, load=True, source=str(path), groups=groups)
+
+
+def check_volumes(df, mask_keys: Sequence[str], manifest: str) -> None:
+    """Every image and mask of a manifest is a readable, finite 3D volume, and every mask has its image's shape and
+    affine (the pipeline resizes image and masks separately: a mask on another grid would be stretched onto the
+    wrong voxels, so it is an error, not a silent resample). An all-zero ``lung_mask`` is a warning naming the file
+    (the model then uses every cubelet of that case).
+
+    Raises:
+        InputError: naming the file and the manifest column.
+    """
+    from survival3d.data.readers import probe_volume
+
+    for row in df.to_dict(orient="records"):
+        image = probe_volume(row["image"], "image")
+        for key in mask_keys:
+            info = probe_volume(row[key], key)
+            if info.shape != image.shape:
+                raise InputError(f"shape {info.shape} differs from its image's {image.shape} ({row['image']}); masks "
+                                 f"must be on the image's voxel grid.", path=row[key], field=key)
+            if not np.allclose(info.affine, image.affine, rtol=1e-4, atol=1e-3):
+                raise InputError(f"affine differs from its image's ({row['image']}): the mask is not on the image's "
+                                 f"voxel grid (max difference {np.abs(info.affine - image.affine).max():.3g} mm); "
+                                 f"resample it onto the image first.", path=row[key], field=key)
+            if key == "lung_mask" and not info.any_nonzero:
+                log.warning("%s [lung_mask]: all zero (case %s): the model will use every cubelet of this case",
+                            row[key], row["id"])
 
 
 def load_cases(data_cfg, *, generate_case: Callable | None = None, group_column: str | None = None) -> Cases:

@@ -743,7 +743,9 @@ def write_dummy_dataset(
         ):
             (out / folder).mkdir(parents=True, exist_ok=True)
     params = {"level": lvl.name, "n": n, **spec.case_kwargs()}
-    (out / "dummy_params.json").write_text(json.dumps(params, indent=2) + "\n")
+    from survival3d.io import write_text
+
+    write_text(out / "dummy_params.json", json.dumps(params, indent=2) + "\n")
 
     job = partial(_write_case, out=out.resolve(), spec=replace(spec, level=lvl.name))
     bar = tqdm(total=n, desc=f"{lvl.name} ({size}^3)", unit="case", disable=not progress)

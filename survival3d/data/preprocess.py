@@ -172,8 +172,12 @@ def preprocess_volume(vol: CTVolume, settings: PreprocessSettings, masker=None) 
         mask = MetaTensor(torch.from_numpy(labels.astype(np.float32))[None], affine=img.affine.clone())
     img = Spacing(pixdim=settings.spacing, mode="bilinear", padding_mode="border", dtype=torch.float32)(img)
     _step(chain, "Spacing", img, pixdim=list(settings.spacing))
+    mask_report = None
     if mask is None:
-        labels = masker(img[0].numpy(), img.affine.numpy())
+        if hasattr(masker, "segment"):  # the classical masker also says what it rejected and how sure it is
+            labels, mask_report = masker.segment(img[0].numpy(), img.affine.numpy())
+        else:
+            labels = masker(img[0].numpy(), img.affine.numpy())
         mask = MetaTensor(torch.from_numpy(labels.astype(np.float32))[None], affine=img.affine.clone())
     else:
         mask = Spacing(pixdim=settings.spacing, mode="nearest", padding_mode="zeros")(mask)
@@ -182,7 +186,7 @@ def preprocess_volume(vol: CTVolume, settings: PreprocessSettings, masker=None) 
 
     labels_rs = mask[0].numpy().astype(np.uint8)
     affine_rs = img.affine.numpy()
-    volumes = check_lung_mask(labels_rs, affine_rs, settings.lung_volume_range_l, source=source)
+    volumes = check_lung_mask(labels_rs, affine_rs, settings.lung_volume_range_l, source=source, report=mask_report)
     n_components = int(ndi.label(labels_rs > 0)[1])
     hu = vol.array
 
@@ -224,6 +228,7 @@ def preprocess_volume(vol: CTVolume, settings: PreprocessSettings, masker=None) 
         "left_lung_volume_l": round(volumes["left_l"], 4),
         "lung_components": n_components,
         "masker": type(masker).__name__,
+        **({"lung_mask_report": mask_report} if mask_report is not None else {}),
         "series": {k: vol.meta[k] for k in ("series_uid", "modality", "n_slices", "transfer_syntax",
                                              "series_description", "other_series") if k in vol.meta},
         "seconds": round(time.perf_counter() - t0, 3),
@@ -314,7 +319,8 @@ def preprocess_case(
     write_json(paths["qc_json"], qc, default=str)
     if qc_png:
         save_qc_montage(res.image, res.lung_mask, res.affine, paths["qc_png"], title=f"{case_id}: "
-                        f"{qc['lung_volume_l']:.2f} L, {qc['lung_components']} components")  # fmt: skip
+                        f"{qc['lung_volume_l']:.2f} L, {qc['lung_components']} components",
+                        report=qc.get("lung_mask_report"))  # fmt: skip
     else:
         paths.pop("qc_png")
     sidecar = {

@@ -42,6 +42,8 @@ __all__ = [
     "scan_dicom_folder",
     "detect_format",
     "affine_spacing",
+    "VolumeInfo",
+    "probe_volume",
 ]
 
 logger = logging.getLogger(__name__)
@@ -433,3 +435,92 @@ def read_ct(path: str | Path, *, series_uid: str | None = None, format: str | No
             series_uid = str(_read_header(path).get("SeriesInstanceUID", "") or "")
         path = path.parent
     return reader(path, series_uid=series_uid, **kwargs)
+
+
+# ------------------------------------------------------------------------------------ manifest volume checks
+@dataclass(frozen=True)
+class VolumeInfo:
+    """What :func:`probe_volume` found: spatial shape, voxel → world affine, and whether any voxel is non-zero."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    any_nonzero: bool
+
+
+_PROBED: dict[tuple[str, int, int], VolumeInfo] = {}
+MIN_AXIS = 2  # voxels along every axis: fewer is a 2D image or a point, not a volume
+
+
+def _nifti_voxels(path: Path):
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    shape = tuple(int(s) for s in img.shape)
+    if not path.name.endswith(".gz"):  # a short file would be read past its end: compare sizes before reading
+        hdr = img.header
+        need = int(hdr.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * hdr.get_data_dtype().itemsize
+        have = path.stat().st_size
+        if have < need:
+            raise EOFError(f"the file is {have} bytes but its header describes {need} bytes (truncated?)")
+    return np.asanyarray(img.dataobj), img.affine
+
+
+def probe_volume(path: str | Path, field: str) -> VolumeInfo:
+    """Read a manifest volume once (image or mask) and check it is a readable, finite 3D volume.
+
+    The whole file is decompressed and read here, with nibabel (NIfTI) or SimpleITK (anything else), so that a
+    truncated, corrupt or non-image file fails with one line naming it instead of deep inside MONAI's loader (a
+    short ``.nii.gz`` aborted the process there). Results are cached per (path, size, mtime).
+
+    Raises:
+        InputError: naming the file and the manifest column (``field``): unreadable, not 3D (a trailing axis of
+            length 1 is accepted), fewer than :data:`MIN_AXIS` voxels along an axis, NaN/inf voxels, or a bad affine.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise InputError(f"cannot read the file ({e.strerror}).", path=path, field=field) from None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _PROBED:
+        return _PROBED[key]
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            data, affine = _nifti_voxels(path)
+        else:
+            import SimpleITK as sitk
+
+            img = sitk.ReadImage(str(path))
+            data = sitk.GetArrayFromImage(img)
+            if img.GetDimension() == 3 and img.GetNumberOfComponentsPerPixel() == 1:
+                data = data.transpose(2, 1, 0)
+            direction = np.asarray(img.GetDirection(), dtype=float)
+            n = img.GetDimension()
+            lps = np.eye(4)
+            if n == 3:
+                lps[:3, :3] = direction.reshape(3, 3) * np.asarray(img.GetSpacing(), dtype=float)[None, :]
+                lps[:3, 3] = img.GetOrigin()
+            affine = LPS_TO_RAS @ lps
+            data = np.asarray(data)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - nibabel, gzip, zlib and ITK raise many unrelated types for bad files
+        text = " ".join(str(e).split())[:200] or type(e).__name__
+        raise InputError(f"not a readable image ({type(e).__name__}: {text}).", path=path, field=field) from None
+    shape = tuple(int(s) for s in data.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+        data = data[..., 0]
+    if len(shape) != 3:
+        raise InputError(f"expected a 3D volume, got {len(shape)}D of shape {shape}.", path=path, field=field)
+    if min(shape) < MIN_AXIS:
+        raise InputError(f"expected a 3D volume with at least {MIN_AXIS} voxels along every axis, got shape {shape}.",
+                         path=path, field=field)
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise InputError(f"{bad} NaN/inf voxel(s) of {np.size(data)}.", path=path, field=field)
+    affine = _check_affine(affine, path, field)
+    info = VolumeInfo(shape=shape, affine=affine, any_nonzero=bool(np.any(data)))
+    _PROBED[key] = info
+    return info

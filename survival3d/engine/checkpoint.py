@@ -4,7 +4,8 @@ A checkpoint is a dict of plain types and tensors (loadable with ``torch.load(we
 
     model, loss (state dicts), optimizer, scheduler, rng {python, numpy, torch, cuda}, epoch, step,
     covariate_encoder (state), config (resolved, as a dict), split {train: ids, val: ids}, best/early-stop state,
-    metrics (the validation metrics of that epoch)
+    metrics (the validation metrics of that epoch), time_grid {tmax, bin_width, unit, fitted} (the grid the model and
+    loss work on; absent in older checkpoints = the identity grid of the config's integer loss.tmax)
 
 It is written to a temporary file in the same folder, flushed to disk, then renamed over the target, so a crash
 while saving leaves the previous checkpoint intact and never a partial file.
@@ -23,7 +24,7 @@ import pandas as pd
 import torch
 
 from survival3d.io import atomic_write
-from survival3d.errors import InputError
+from survival3d.errors import ConfigError, InputError
 
 __all__ = [
     "save_checkpoint",
@@ -39,8 +40,17 @@ __all__ = [
 def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file + fsync + rename); returns the path."""
     path = Path(path)
-    with atomic_write(path, "wb", fsync=True) as f:
-        torch.save(state, f)
+    try:
+        with atomic_write(path, "wb", fsync=True) as f:
+            torch.save(state, f)
+    except RuntimeError as e:  # torch reports a failed write as "enforce fail at inline_container.cc ... file write failed"
+        if "write" not in str(e) and "inline_container" not in str(e):
+            raise
+        import errno
+        import shutil
+
+        full = shutil.disk_usage(path.parent).free < 64 * 2**20
+        raise OSError(errno.ENOSPC if full else errno.EIO, "checkpoint write failed", str(path)) from e
     return path
 
 
@@ -56,10 +66,73 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several unrelated types for corrupt files
-        raise InputError(f"not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}).", path=path) from None
+        raise InputError(f"not a readable checkpoint: {_load_error(e)}", path=path) from None
     if not isinstance(state, dict):
         raise InputError(f"a checkpoint must hold a dict, got {type(state).__name__}.", path=path)
     return state
+
+
+def _load_error(e: BaseException) -> str:
+    """A complete, one-line reason ``torch.load`` refused a file, without torch's advice to set
+    ``weights_only=False`` (that would run arbitrary code from an untrusted file)."""
+    if isinstance(e, torch.serialization.pickle.UnpicklingError) or "weights_only" in str(e):
+        first = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "GLOBAL" in ln), "")
+        first = first.split(". Please")[0].split(" was not an allowed")[0].replace("WeightsUnpickler error: ", "")
+        detail = f" ({first.rstrip('.')})" if first else ""
+        return (f"it holds Python objects other than tensors and plain types{detail}; checkpoints are loaded with "
+                f"weights_only=True and only files written by run.py train are accepted.")
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:500]}{'...' if len(text) > 500 else ''} (a truncated or corrupt file?)"
+
+
+def load_weights_checked(load_weights, state: dict[str, Any], path: str | os.PathLike) -> None:
+    """``load_weights(state)``, with a state dict that does not fit the model (another config's checkpoint)
+    reported in one line naming the file."""
+    try:
+        load_weights(state)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "size mismatch" in ln or "Missing key" in ln or "Unexpected key" in ln),
+                      lines[0] if lines else type(e).__name__)
+        raise InputError(f"the checkpoint does not fit the model of this config ({detail[:300]}); was it written "
+                         f"with other model.* / head.* settings?", path=path, field="model") from None
+
+
+def check_best_pair(ckpt_dir: str | os.PathLike, last_state: dict[str, Any], *, repair: bool) -> Path | None:
+    """Check that ``best.pt`` holds the epoch ``last.pt`` records as best; returns the file that holds it.
+
+    ``last.pt`` is written before ``best.pt``; a kill between the two leaves a ``best.pt`` older than the best epoch
+    that ``last.pt`` records — that epoch is then ``last.pt``'s own, so ``last.pt`` holds the best weights: with
+    ``repair`` it is copied over ``best.pt`` (atomically), without, ``last.pt`` is returned. ``None``: the run has no
+    best epoch yet.
+
+    Raises:
+        InputError: ``best.pt`` holds another epoch and the best weights cannot be recovered.
+    """
+    import shutil
+
+    from survival3d.io import atomic_path
+
+    ckpt_dir = Path(ckpt_dir)
+    best_epoch = (last_state.get("early_stop") or {}).get("best_epoch")
+    if best_epoch is None:
+        return None
+    best, last = ckpt_dir / "best.pt", ckpt_dir / "last.pt"
+    held = int(load_checkpoint(best).get("epoch", -1)) if best.is_file() else None
+    if held == int(best_epoch):
+        return best
+    if int(best_epoch) == int(last_state.get("epoch", -1)):
+        if repair:
+            import logging
+
+            logging.getLogger(__name__).warning("%s held epoch %s, not the best epoch %s (a run killed between checkpoint "
+                                                "writes): restored it from %s", best, held, best_epoch, last)
+            with atomic_path(best) as tmp:
+                shutil.copyfile(last, tmp)
+            return best
+        return last
+    raise InputError(f"holds epoch {held} but {last.name} records epoch {best_epoch} as best, and that epoch's "
+                     f"weights are in neither file; use the last checkpoint ({last}).", path=best, field="epoch")
 
 
 def rng_state() -> dict[str, Any]:
@@ -121,6 +194,9 @@ def find_checkpoint(path_or_run_dir: str | os.PathLike, prefer: str | None = Non
     for name in order:
         cand = p / "checkpoints" / f"{name}.pt"
         if cand.is_file():
+            last = p / "checkpoints" / "last.pt"
+            if name == "best" and last.is_file():  # a run killed between its last.pt and best.pt writes
+                return check_best_pair(cand.parent, load_checkpoint(last), repair=False) or cand
             return cand
     folds = sorted(q.name for q in p.glob("fold*") if q.is_dir())
     hint = f" This is a cross-validation run: pick one of {folds} (e.g. {p / folds[0]})." if folds else ""
@@ -138,6 +214,8 @@ class TrainedModel:
         covariate_encoder: the fitted :class:`~survival3d.data.covariates.CovariateEncoder`.
         checkpoint: the raw checkpoint dict (epoch, metrics, split ids...).
         path: where it was loaded from.
+        time_grid: the :class:`~survival3d.time_grid.TimeGrid` the model and loss work on (grid units); times
+            in and predictions out of :meth:`predict` are in the data's unit (``time_grid.unit``).
     """
 
     model: torch.nn.Module
@@ -147,6 +225,7 @@ class TrainedModel:
     checkpoint: dict
     path: Path
     device: torch.device
+    time_grid: Any = None
 
     @property
     def split(self) -> dict[str, list[str]]:
@@ -178,8 +257,20 @@ class TrainedModel:
             loader = torch.utils.data.DataLoader(
                 dataset_or_loader, batch_size=batch_size or int(self.cfg.data.batch_size), shuffle=False, collate_fn=collate_cases
             )
-        arrays = predict_arrays(self.model, loader, self.device, amp=bool(self.cfg.train.amp))
+        arrays = predict_arrays(self.model, loader, self.device, amp=bool(self.cfg.train.amp), time_grid=self.time_grid)
         return predictions_frame(arrays)
+
+    @torch.no_grad()
+    def pmf(self, pred_time) -> tuple[Any, Any]:
+        """Predicted distributions for predicted times in the data's unit: ``(pmf (n, tmax), times (tmax,))``, the
+        probability of each grid bin and its time in the data's unit; ``(None, times)`` when the loss defines none."""
+        grid = self.time_grid
+        fn = getattr(self.loss_fn, "pmf", None)
+        if not callable(fn):
+            return None, grid.times()
+        dev = next(self.loss_fn.parameters(), next(self.loss_fn.buffers(), torch.empty(0))).device
+        pred = torch.as_tensor(np.asarray(pred_time, dtype=np.float32), device=dev)
+        return fn(grid.to_grid(pred)).float().cpu().numpy(), grid.times()
 
 
 def config_from_checkpoint(state: dict[str, Any]):
@@ -203,6 +294,7 @@ def load_trained(path_or_run_dir: str | os.PathLike, device: str | torch.device 
         components: a :class:`~survival3d.engine.components.Components` to build with (default: the project's).
     """
     from survival3d.data.covariates import CovariateEncoder
+    from survival3d.time_grid import TimeGrid, grid_from_config, resolved_config
     from survival3d.engine.components import Components
 
     components = components or Components()
@@ -214,18 +306,19 @@ def load_trained(path_or_run_dir: str | os.PathLike, device: str | torch.device 
             raise InputError(f"checkpoint has no '{key}' entry (not written by run.py train?).", path=path, field=key)
     cfg = config_from_checkpoint(state)
     encoder = CovariateEncoder.from_state(state["covariate_encoder"])
-    model = components.model(cfg, encoder.spec)
+    grid = TimeGrid.from_state(state["time_grid"]) if state.get("time_grid") else grid_from_config(cfg)
+    grid_cfg = resolved_config(cfg, grid)
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:  # weights of another architecture than the stored config builds
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)[:200]
-        raise InputError(f"the weights do not fit the model its config builds (a checkpoint from a different model "
-                         f"config?): {first[:200]}", path=path, field="model") from None
+        model = components.model(grid_cfg, encoder.spec)
+    except ConfigError as e:
+        raise InputError(f"the checkpoint's config does not build a model: {e}", path=path, field="config") from None
+    load_weights_checked(model.load_state_dict, state["model"], path)
     model.to(device).eval()
-    loss_fn = components.loss(cfg.loss)
+    loss_fn = components.loss(grid_cfg.loss)
     if state.get("loss"):
         loss_fn.load_state_dict(state["loss"])
     loss_fn.to(device).eval()
-    tm = TrainedModel(model=model, loss_fn=loss_fn, cfg=cfg, covariate_encoder=encoder, checkpoint=state, path=path, device=device)
+    tm = TrainedModel(model=model, loss_fn=loss_fn, cfg=cfg, covariate_encoder=encoder, checkpoint=state, path=path, device=device,
+                      time_grid=grid)
     tm._generate_case = components.generate_case
     return tm

@@ -11,26 +11,23 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from survival3d.config import save_config
 from survival3d.data.datasets import load_cases
 from survival3d.data.splits import kfold_splits, read_splits, train_val_split
 from survival3d.engine.components import Components
 from survival3d.engine.distributed import DistInfo, init_distributed
-from survival3d.engine.survival_task import train_split
+from survival3d.engine.survival_task import check_train_config, train_split
 from survival3d.errors import ConfigError, InputError
-from survival3d.io import write_json
-from survival3d.metrics.report import aggregate_folds as _aggregate_metrics
+from survival3d.io import FolderLock, write_json
+from survival3d.metrics.report import aggregate_folds
 
-__all__ = ["run_experiment", "make_splits", "aggregate_folds", "run_dir_of"]
+__all__ = ["run_experiment", "make_splits", "cv_summary", "run_dir_of"]
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +85,10 @@ def make_splits(cfg, cases) -> list[dict[str, list[str]]]:
         raise ConfigError(f"cannot split {len(cases)} cases ({cases.source}): {e}") from None
 
 
-def aggregate_folds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def cv_summary(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``cv_metrics.json``: the number of folds, the per-fold metrics and, for each of :data:`AGGREGATED`, the mean,
     sample sd and n over folds by :func:`survival3d.metrics.aggregate_folds` (NaN/None values ignored)."""
-    return {"folds": len(results), "per_fold": list(results), **_aggregate_metrics(results, keys=AGGREGATED)}
+    return {"folds": len(results), "per_fold": list(results), **aggregate_folds(results, keys=AGGREGATED)}
 
 
 def _json_write(obj: Any, path: Path) -> None:
@@ -99,21 +96,100 @@ def _json_write(obj: Any, path: Path) -> None:
     write_json(path, obj, default=lambda o: None)
 
 
-def _prepare_run_dir(cfg, resume: bool, info: DistInfo) -> Path:
+def _checkpoint_stamps(run_dir: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in run_dir.glob("**/checkpoints/*.pt") if p.is_file()}
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    from survival3d.io import atomic_write
+
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    """Whether any split of the run wrote a checkpoint (after that, the run folder holds resumable work)."""
+    return any(p.is_file() for p in run_dir.glob("**/checkpoints/*.pt"))
+
+
+def _clear_folder(run_dir: Path, keep: tuple[str, ...] = (FolderLock.NAME,)) -> None:
+    for p in run_dir.iterdir():
+        if p.name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def check_experiment_config(cfg, components: Components) -> None:
+    """Config errors that would otherwise surface only after the run folder exists: the train section, the
+    optimiser's learning rate and the model's constructor (built once on the CPU with placeholder covariates)."""
+    from survival3d.contracts import CovariateSpec
+    from survival3d.engine.optim import build_optimizer
+
+    check_train_config(cfg)
+    o = cfg.optim
+    import torch
+
+    build_optimizer("adamw", [torch.zeros(1, requires_grad=True)], lr=o.lr, betas=tuple(o.betas), eps=float(o.eps))
+    cov = cfg.data.covariates
+    spec = CovariateSpec(num_numeric=len(cov.numeric), cardinalities=[2] * len(cov.categorical))
+    components.model(cfg, spec)
+
+
+def _prepare_run_dir(cfg, resume: bool, info: DistInfo, lock: FolderLock | None = None) -> Path:
+    """Create (or check, on resume) the run folder and take its lock (main process only).
+
+    Raises:
+        ConfigError: another process holds the folder, it exists without ``--resume``/``train.overwrite``, or
+            ``--resume`` names a folder with nothing to resume.
+    """
     run_dir = run_dir_of(cfg)
     if not info.is_main:
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run folder {run_dir} is a file; pick another name=... or out_dir=...")
+    lock = lock or FolderLock(run_dir)
+    if not lock.acquire():
+        raise ConfigError(f"run folder {run_dir} is in use by another train process (pid {lock.holder()}); "
+                          f"wait for it or pick another name=...")
+    content = [p for p in run_dir.iterdir() if p.name != FolderLock.NAME]
+    if resume:
+        return run_dir
+    if content and (run_dir / "config.yaml").is_file() and not _has_checkpoint(run_dir):
+        # nobody holds the lock and no checkpoint was ever written: a start that failed or was killed
+        log.warning("clearing %s: left by a run that stopped before its first checkpoint", run_dir)
+        _clear_folder(run_dir)
+    elif content:
         if cfg.train.overwrite:
             if not (run_dir / "config.yaml").is_file():  # never delete a folder that is not a run
+                lock.release()
+                lock.path.unlink(missing_ok=True)  # and leave no lock file in it
                 raise ConfigError(f"train.overwrite=true but {run_dir} is not a run folder (no config.yaml); "
                                   f"refusing to delete it.")
-            shutil.rmtree(run_dir)
+            _clear_folder(run_dir)
         else:
+            lock.release()
             raise ConfigError(f"run folder {run_dir} already exists: continue it with --resume {run_dir}, "
                               f"pick another name=..., or pass train.overwrite=true.")
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def _check_resumable(cfg, run_dir: Path) -> None:
+    """``--resume`` needs the checkpoint of every started split; a missing ``last.pt`` is an error, not a restart."""
+    folds = int(cfg.cv.folds)
+    dirs = [run_dir] if folds == 1 else [p for p in run_dir.glob("fold*") if (p / "metrics.csv").is_file()]
+    if folds > 1 and not dirs and not _has_checkpoint(run_dir):
+        dirs = [run_dir]
+    for d in dirs:
+        last = d / "checkpoints" / "last.pt"
+        if folds > 1 and (d / "final_metrics.json").is_file():
+            continue
+        if not last.is_file():
+            raise InputError("missing: nothing to resume (restarting would overwrite metrics.csv and best.pt). "
+                             "Start the run afresh without --resume (train.overwrite=true), or restore the file.",
+                             path=last)
 
 
 def _splits_for_run(cfg, cases, run_dir: Path, resume: bool, info: DistInfo) -> list[dict[str, list[str]]]:
@@ -141,8 +217,30 @@ def run_experiment(cfg, *, resume: bool = False, components: Components | None =
         dist: process-group position; default: joined from the ``torchrun`` environment.
     """
     components = components or Components()
+    check_experiment_config(cfg, components)  # before the run folder exists: a typo must not block the name
     info = dist or init_distributed(cfg.train.device)
-    run_dir = _prepare_run_dir(cfg, resume, info)
+    lock = FolderLock(run_dir_of(cfg))
+    run_dir = _prepare_run_dir(cfg, resume, info, lock)
+    saved_config, stamps = None, {}
+    try:
+        if resume and info.is_main:
+            _check_resumable(cfg, run_dir)
+            saved_config = (run_dir / "config.yaml").read_bytes()
+            stamps = _checkpoint_stamps(run_dir)
+        return _run(cfg, run_dir, resume, components, callbacks, info)
+    except BaseException:
+        if info.is_main and not resume and lock.held and run_dir.is_dir() and not _has_checkpoint(run_dir):
+            # failed before its first checkpoint: leave nothing that would block the corrected command
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if saved_config is not None and _checkpoint_stamps(run_dir) == stamps:
+            # a resume that failed before writing a checkpoint must not leave its overrides in config.yaml
+            write_bytes_atomic(run_dir / "config.yaml", saved_config)
+        raise
+    finally:
+        lock.release()
+
+
+def _run(cfg, run_dir: Path, resume: bool, components: Components, callbacks, info: DistInfo) -> dict[str, Any]:
     cases = load_cases(cfg.data, generate_case=components.generate_case if cfg.data.source == "dummy" else None,
                        group_column=cfg.cv.group_column)
     if info.is_main:
@@ -173,7 +271,7 @@ def run_experiment(cfg, *, resume: bool = False, components: Components | None =
         p = run_dir / f"fold{k}" / "final_metrics.json"
         if p.is_file():
             results.append({"fold": k, **json.loads(p.read_text())})
-    agg = aggregate_folds(results)
+    agg = cv_summary(results)
     if info.is_main and len(results) == folds:
         _json_write(agg, run_dir / "cv_metrics.json")
     return agg

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+
+from survival3d.runtime import autocast  # re-exported: the one bf16 autocast of the package
 
 __all__ = ["model_inputs", "forward", "autocast", "predict_arrays", "predictions_frame", "to_device"]
 
@@ -40,13 +41,6 @@ def model_inputs(batch: Mapping[str, Any], *, device: torch.device | str | None 
     return kw
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when enabled; a no-op (fp32) on CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def forward(model: torch.nn.Module, batch: Mapping[str, Any], *, amp: bool = False):
     """``model(image, cov_num=, cov_cat=, lung_mask=)`` under the right precision; returns the ``SurvivalOutput``."""
     image = batch["image"]
@@ -55,8 +49,13 @@ def forward(model: torch.nn.Module, batch: Mapping[str, Any], *, amp: bool = Fal
 
 
 @torch.no_grad()
-def predict_arrays(model: torch.nn.Module, loader, device: torch.device, *, amp: bool = False, loss_fn=None, progress=None) -> dict[str, Any]:
+def predict_arrays(model: torch.nn.Module, loader, device: torch.device, *, amp: bool = False, loss_fn=None, progress=None,
+                   time_grid=None) -> dict[str, Any]:
     """Predictions for every case of ``loader`` as numpy arrays (plus the summed loss when ``loss_fn`` is given).
+
+    ``time_grid`` (:class:`~survival3d.time_grid.TimeGrid`): the model and loss work in grid units; the loss gets
+    ``time / bin_width`` and ``pred_time`` is mapped back to the data's unit (``risk`` stays the model's score).
+    ``None``: the identity grid.
 
     Returns:
         ``{"id": [...], "time", "event", "pred_time", "risk"[, "expected_time"], "loss_sum", "n"}``. Tensors are
@@ -74,13 +73,14 @@ def predict_arrays(model: torch.nn.Module, loader, device: torch.device, *, amp:
         ids += list(batch["id"])
         cols["time"].append(batch["time"])
         cols["event"].append(batch["event"])
-        cols["pred_time"].append(out.pred.detach().float())
+        pred = out.pred.detach().float()
+        cols["pred_time"].append(pred if time_grid is None else time_grid.from_grid(pred))
         cols["risk"].append(out.risk.detach().float())
         if "expected_time" in batch:
             cols["expected_time"].append(batch["expected_time"])
         if loss_fn is not None:
             with autocast(device, amp):
-                losses = loss_fn(out, batch["time"], batch["event"])
+                losses = loss_fn(out, batch["time"] if time_grid is None else time_grid.to_grid(batch["time"]), batch["event"])
             loss_sum += losses["loss"].detach().double() * len(batch["id"])
         n += len(batch["id"])
     model.train(was_training)

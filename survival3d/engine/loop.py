@@ -43,10 +43,12 @@ from typing import Any
 
 import torch
 
-from survival3d.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from survival3d.engine.checkpoint import (check_best_pair, load_checkpoint, load_weights_checked, rng_state, save_checkpoint,
+                                         set_rng_state)
 from survival3d.engine.distributed import DistInfo, all_reduce_sum, select_device
 from survival3d.engine.optim import Schedule, build_optimizer, build_scheduler
-from survival3d.errors import ConfigError
+from survival3d.errors import ConfigError, InputError
+from survival3d.io import atomic_write, remove_stale_temps
 from survival3d.runtime import seed_everything
 
 __all__ = ["Engine", "EngineSettings", "Task", "NonFiniteLossError", "move_to_device"]
@@ -268,7 +270,7 @@ class Engine:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.task.load_weights(state)
+        load_weights_checked(self.task.load_weights, state, self.ckpt_dir / "last.pt")
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -309,7 +311,7 @@ class Engine:
             return
         with open(path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= self.epoch]
-        with open(path, "w", newline="") as f:
+        with atomic_write(path, newline="") as f:  # a kill while rewriting must not lose the logged epochs
             w = csv.DictWriter(f, fieldnames=list(cols), extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
@@ -425,8 +427,24 @@ class Engine:
         s = self.settings
         state = None
         last = self.ckpt_dir / "last.pt"
+        if self.dist.is_main:
+            for name in ("last.pt", "best.pt"):  # left by a checkpoint write that was killed
+                for p in remove_stale_temps(self.ckpt_dir, name):
+                    log.info("removed %s (an interrupted checkpoint write)", p)
         if resume and last.is_file():
             state = load_checkpoint(last)
+            done = int(state.get("epoch", 0))
+            if done > int(s.epochs):
+                raise ConfigError(f"train.epochs={s.epochs} but {last} has already trained {done} epochs; resume with "
+                                  f"train.epochs >= {done}.")
+            stopped = bool((state.get("early_stop") or {}).get("stopped"))
+            if done == int(s.epochs) or stopped:
+                log.warning("%s was already complete (%d of %d epochs%s): nothing to train; reporting its final model",
+                            self.run_dir, done, int(s.epochs), ", stopped early" if stopped else "")
+            if self.dist.is_main and s.save_best:
+                check_best_pair(self.ckpt_dir, state, repair=True)
+        elif resume and self.run_dir.joinpath("metrics.csv").is_file():
+            raise InputError("missing: nothing to resume (restarting would overwrite metrics.csv and best.pt).", path=last)
         if self.dist.is_main and (s.metrics_columns or s.save_last or s.save_best or s.wandb):
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self._init_wandb()  # before seeding: wandb must not shift the random streams
@@ -478,6 +496,8 @@ class Engine:
         if self.dist.is_main:
             self._log_row(row)
             if s.save_last or (improved and s.save_best):
+                # last.pt first: it records best_epoch, so a kill before best.pt is written leaves a pair that
+                # check_best_pair recognises (best_epoch == last epoch) and repairs from last.pt on resume/evaluate
                 state = self.state(metrics)
                 if s.save_last:
                     save_checkpoint(self.ckpt_dir / "last.pt", **state)
@@ -513,7 +533,11 @@ class Engine:
         if final == "best" and self.best_epoch is not None and self.best_epoch != self.epoch:
             weights = self.best_weights
             if weights is None:  # resumed after the best epoch: read it back
-                weights = load_checkpoint(self.ckpt_dir / "best.pt", map_location=self.device)
+                path = self.ckpt_dir / "best.pt"
+                weights = load_checkpoint(path, map_location=self.device)
+                if int(weights.get("epoch", -1)) != int(self.best_epoch):
+                    raise InputError(f"holds epoch {weights.get('epoch')} but the run's best epoch is {self.best_epoch}; "
+                                     f"the best weights are lost (train.final=last still works).", path=path, field="epoch")
             self.task.load_weights(weights)
             return "best"
         return "best" if final == "best" and self.best_epoch == self.epoch else "last"

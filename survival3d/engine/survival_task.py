@@ -3,16 +3,20 @@
 One split owns one run folder (``runs/<name>`` or ``runs/<name>/fold{k}``)::
 
     config.yaml           resolved config (written by the experiment)
+    .lock                 held (flock) by the train process while it runs (docs/reliability.md)
     metrics.csv           one row per epoch: lr, train loss, data-wait fraction, validation metrics
-    checkpoints/last.pt   every epoch (atomic): model, loss, optimiser, scheduler, RNG states, encoder, split...
+    checkpoints/last.pt   every epoch (atomic): model, loss, optimiser, scheduler, RNG states, encoder, split, time_grid...
     checkpoints/best.pt   the epoch with the best ``train.early_stop_metric``
-    predictions.csv       id,time,event,pred_time,risk[,expected_time] of the final model on validation
-    final_metrics.json    c_index, mae_uncensored, mae_censored, val_loss[, c_index_oracle], epochs, time...
+    predictions.csv       id,time,event,pred_time,risk[,expected_time] of the final model on validation (times in
+                          the data's unit)
+    final_metrics.json    c_index, mae_uncensored, mae_censored, val_loss[, c_index_oracle], epochs, time, time_unit,
+                          time_grid...
     heatmap/              softmin p of a validation case with a lesion (``explain.callbacks.HeatmapCallback``,
                           added by ``run.py train``; ``train.heatmap``)
     wandb/                offline wandb run (``logging.wandb``)
 
-The task fits the covariate encoder on the training split, builds the datasets, loaders, model and loss (through
+The task fits the covariate encoder and the time grid (:mod:`survival3d.time_grid`: the model and loss work in grid
+units, times are mapped in and predictions out) on the training split, builds the datasets, loaders, model and loss (through
 :class:`~survival3d.engine.components.Components`), and defines the step (the censoring-aware loss of the model's
 output) and the validation (predictions gathered from every rank →
 :func:`~survival3d.metrics.validation.validation_metrics`). Everything else —
@@ -35,7 +39,9 @@ from omegaconf import OmegaConf
 
 from survival3d.data.covariates import CovariateEncoder
 from survival3d.data.datasets import Cases, build_dataset, collate_cases
+from survival3d.time_grid import TimeGrid, fit_time_grid, resolved_config
 from survival3d.engine.components import Components
+from survival3d.engine.finetune import check_finetune_config, init_encoder, layer_decay_groups, set_encoder_trainable
 from survival3d.engine.distributed import DistInfo, ShardSampler, all_gather_objects
 from survival3d.engine.inference import forward, predict_arrays, predictions_frame
 from survival3d.engine.loop import Engine, EngineSettings, Task
@@ -58,16 +64,18 @@ METRICS_COLUMNS = (
 class _ModelAndLoss(torch.nn.Module):
     """Model + loss in one module, so DDP synchronises the loss's parameters (e.g. a learnable variance) too."""
 
-    def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, amp: bool):
+    def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, amp: bool, time_grid: TimeGrid | None = None):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
         self.amp = amp
+        self.time_grid = time_grid
 
     def forward(self, batch: dict[str, Any]):
         out = forward(self.model, batch, amp=self.amp)
+        time = batch["time"] if self.time_grid is None else self.time_grid.to_grid(batch["time"])
         with autocast(batch["image"].device, self.amp):
-            return self.loss_fn(out, batch["time"], batch["event"])
+            return self.loss_fn(out, time, batch["event"])
 
 
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
@@ -122,8 +130,10 @@ class SurvivalTask(Task):
         self.cases = cases
         self.split = {"train": [str(i) for i in split["train"]], "val": [str(i) for i in split["val"]]}
         self.components = components or Components()
-        self.ddp_find_unused = bool(cfg.train.ddp_find_unused)
         check_train_config(cfg)
+        check_finetune_config(cfg)
+        # a frozen-encoder warm-up leaves the encoder without gradients: DDP must know
+        self.ddp_find_unused = bool(cfg.train.ddp_find_unused) or int(cfg.train.freeze_encoder_epochs) > 0
         from survival3d.data.plan import cases_plan
 
         self.plan = cases_plan(cases.records, source=cases.source)  # the preprocessing predict must apply
@@ -143,13 +153,28 @@ class SurvivalTask(Task):
         else:
             self.encoder = CovariateEncoder(list(cfg.data.covariates.numeric), list(cfg.data.covariates.categorical))
             self.encoder.fit(self.cases.subset(self.split["train"]), source=self.cases.source)
+        train_records = self.cases.subset(self.split["train"])
+        if state is not None and state.get("time_grid"):
+            self.time_grid = TimeGrid.from_state(state["time_grid"])
+        else:  # the time grid is a property of the training data (loss.tmax=auto), like the covariate encoder
+            self.time_grid = fit_time_grid(cfg, [r["time"] for r in train_records])
+        if engine.dist.is_main:
+            log.info("%s", self.time_grid.describe())
+            self.time_grid.check([r["time"] for r in train_records], [r["event"] for r in train_records],
+                                 what="training", source=self.cases.source)
+            val_records = self.cases.subset(self.split["val"])
+            self.time_grid.check([r["time"] for r in val_records], [r["event"] for r in val_records],
+                                 what="validation", source=self.cases.source)
         self.train_ds = build_dataset(self.cases, self.split["train"], self.encoder, cfg.data, train=True, seed=int(t.seed))
         self.val_ds = build_dataset(self.cases, self.split["val"], self.encoder, cfg.data, train=False)
 
-        self.model = self.components.model(cfg, self.encoder.spec).to(self.device)
-        self.loss_fn = self.components.loss(cfg.loss).to(self.device)
+        grid_cfg = resolved_config(cfg, self.time_grid)  # auto time settings → grid-unit numbers
+        self.model = self.components.model(grid_cfg, self.encoder.spec).to(self.device)
+        if state is None and cfg.model.init:  # on resume the checkpoint holds the (fine-tuned) weights
+            init_encoder(self.model, cfg.model.init)
+        self.loss_fn = self.components.loss(grid_cfg.loss).to(self.device)
         step_model = torch.compile(self.model) if t.compile else self.model
-        self.module = _ModelAndLoss(step_model, self.loss_fn, self.amp)
+        self.module = _ModelAndLoss(step_model, self.loss_fn, self.amp, self.time_grid)
         self._make_loaders(engine)
 
     def _make_loaders(self, engine: Engine) -> None:
@@ -180,12 +205,17 @@ class SurvivalTask(Task):
     def param_groups(self, engine: Engine) -> list:
         from survival3d.engine.optim import decay_groups
 
+        o = self.cfg.optim
+        if float(o.layer_decay) < 1.0:
+            named = list(self.model.named_parameters()) + [(f"loss.{n}", p) for n, p in self.loss_fn.named_parameters()]
+            return layer_decay_groups(named, depth=int(self.cfg.model.depth), lr=float(o.lr), decay=float(o.layer_decay),
+                                      weight_decay=float(o.weight_decay))
         return decay_groups(list(self.model.parameters()) + list(self.loss_fn.parameters()), float(self.cfg.optim.weight_decay))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {"covariate_encoder": self.encoder.state_dict(), "config": OmegaConf.to_container(self.cfg, resolve=True),
-                "split": self.split, "preprocessing": self.plan,
+                "split": self.split, "time_grid": self.time_grid.state_dict(), "preprocessing": self.plan,
                 "model_inputs": {"lung_mask": "lung_mask" in self.cases.mask_keys}}
 
     def weights(self) -> dict[str, Any]:
@@ -199,6 +229,9 @@ class SurvivalTask(Task):
     # ------------------------------------------------------------------ step and validation
     def on_epoch_start(self, engine: Engine, epoch: int) -> None:
         self.train_ds.set_epoch(epoch)
+        frozen = int(self.cfg.train.freeze_encoder_epochs)
+        if frozen > 0:
+            set_encoder_trainable(self.model, epoch >= frozen)
 
     def training_step(self, module: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         losses = module(batch)
@@ -211,7 +244,8 @@ class SurvivalTask(Task):
 
     def validation_arrays(self, engine: Engine) -> tuple[dict[str, float], dict[str, Any]]:
         """Metrics over the whole validation set (predictions gathered from every rank) and the prediction arrays."""
-        local = predict_arrays(self.model, self.val_loader, self.device, amp=self.amp, loss_fn=self.loss_fn)
+        local = predict_arrays(self.model, self.val_loader, self.device, amp=self.amp, loss_fn=self.loss_fn,
+                               time_grid=self.time_grid)
         parts = all_gather_objects(local, engine.dist)
         arrays: dict[str, Any] = {"id": [i for p in parts for i in p["id"]]}
         for key in ("time", "event", "pred_time", "risk", "expected_time"):
@@ -236,7 +270,8 @@ class SurvivalTask(Task):
         final = {**metrics, "epochs": engine.epoch, "best_epoch": engine.best_epoch, "checkpoint": used,
                  "early_stop_metric": t.early_stop_metric, "stopped_early": engine.stopped_early,
                  "time": round(engine.elapsed, 2), "n_train": len(self.split["train"]), "n_val": len(self.split["val"]),
-                 "device": str(self.device), "world_size": engine.dist.world_size}
+                 "device": str(self.device), "world_size": engine.dist.world_size,
+                 "time_unit": self.time_grid.unit, "time_grid": self.time_grid.state_dict()}
         if engine.dist.is_main:
             run_dir = engine.run_dir
             write_csv(run_dir / "predictions.csv", predictions_frame(arrays))  # full precision: the C-index recomputes

@@ -90,14 +90,15 @@ class HeatmapCallback:
         validation set; returns ``{"heatmap": png, "heatmap_nifti": nifti, "p_on_lesion": share}`` for the run's
         final metrics (``None`` when there is nothing to show)."""
         task = engine.task
-        info = self.write(engine.run_dir, task.model, task.val_ds, engine.device, getattr(task, "amp", False))
+        info = self.write(engine.run_dir, task.model, task.val_ds, engine.device, getattr(task, "amp", False),
+                          time_grid=getattr(task, "time_grid", None))
         if info is None:
             return None
         return {"heatmap": info["png"], "heatmap_nifti": info["nifti"], "p_on_lesion": info["p_on_lesion"]}
 
     @torch.no_grad()
     def write(self, run_dir: str | Path, model: torch.nn.Module, val_dataset, device: torch.device,
-              amp: bool = False) -> dict[str, Any] | None:
+              amp: bool = False, time_grid=None) -> dict[str, Any] | None:
         """Write the files under ``run_dir/<folder>``; returns ``heatmap.json``'s content (``png``, ``nifti``,
         ``image`` paths, ``p_on_lesion``, ``lesion_cubelet_frac``, ``id``, ``pred_time``, ``time``, ``event``), or
         ``None`` when no validation case has a lesion mask or the model's head gives no p map."""
@@ -136,6 +137,8 @@ class HeatmapCallback:
         write_nifti(paths["nifti"], pvox, affine, dtype=np.float32)
         write_nifti(paths["image"], image, affine, dtype=np.float32)
         pred, t, e = float(out.pred[0]), float(batch["time"][0]), int(batch["event"][0])
+        if time_grid is not None:  # the model predicts in grid units (survival3d.time_grid)
+            pred = float(time_grid.from_grid(pred))
         _png(image, pvox, mask, centres, f"{cid}: time {t:.1f} ({'event' if e else 'censored'}), predicted "
              f"{pred:.1f}, p on lesion {p_on_lesion:.2f} (cyan: true lesion)", paths["png"])
         info = {"id": cid, "p_on_lesion": p_on_lesion, "lesion_cubelet_frac": float((touching > 0).float().mean()),

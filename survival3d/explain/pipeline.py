@@ -67,6 +67,7 @@ def explain_cases(
     max_views: int | None = None,
     progress: bool = True,
     total: int | None = None,
+    time_grid=None,
 ) -> pd.DataFrame:
     """Explain every case with every method; write files under ``out_dir/cases/<id>/`` and return the
     localisation table (one row per case × heatmap method; RGB views get files but no row).
@@ -75,6 +76,7 @@ def explain_cases(
     source file), and with ``views``: ``<method>_overlay.png`` (three planes) and ``<method>_3d.png`` — for the
     first ``max_views`` cases only when it is set (the PNGs cost more than the cheap explainers themselves).
     Metrics are computed in model space, where the heatmap, the lesion mask and the cubelet grid live.
+    ``time_grid``: the model's :class:`~survival3d.time_grid.TimeGrid` (``pred_time`` in the data's unit).
     """
     from tqdm.auto import tqdm
 
@@ -122,7 +124,8 @@ def explain_cases(
             row = {"case_id": case.id, "method": name, "has_lesion": has_lesion}
             row.update(localisation_metrics(heat[0], mask if mask is not None else np.zeros_like(heat[0]),
                                             lung_mask=lung, patch_size=ps, tolerance=tolerance, topk=topk))
-            row["pred_time"] = float(out.pred[0])
+            pred = float(out.pred[0])  # grid units → the data's unit (survival3d.time_grid; None = identity)
+            row["pred_time"] = pred if time_grid is None else float(time_grid.from_grid(pred))
             for key in ("time", "event"):
                 if torch.is_tensor(batch.get(key)):
                     row[key] = float(batch[key].reshape(-1)[0])

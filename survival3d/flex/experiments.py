@@ -9,11 +9,9 @@ where it stopped. After the grid, ``OUT`` holds ``results.csv`` (one row per run
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +19,19 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from tqdm.auto import tqdm
 
 from survival3d.config import config_to_yaml, save_config
+from survival3d.engine.grid import GridRun, run_grid
 from survival3d.errors import ConfigError
 from survival3d.flex.logits import LOGITS
 from survival3d.flex.train import _atomic, run_flex
 
-__all__ = ["RunSpec", "spec_label", "expand_grid", "run_plan", "summarise", "write_report"]
+__all__ = ["spec_label", "expand_grid", "run_plan", "summarise", "write_report"]
 
 log = logging.getLogger(__name__)
 
 METRICS = ("val_acc", "fgsm_auc", "pgd_auc", "conv_ratio", "binariness", "homogeneity", "train_time_s",
            "eval_time_s", "params", "logits_params")
-
-
-@dataclass
-class RunSpec:
-    run_id: str
-    dataset: str
-    logits: str
-    masking: str
-    seed: int
-    cfg: DictConfig
 
 
 def _as_spec(item: Any) -> dict[str, Any]:
@@ -69,8 +57,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "-", text.replace("(", "_").replace(")", "")).strip("-")
 
 
-def expand_grid(cfg: DictConfig) -> list[RunSpec]:
-    """One :class:`RunSpec` per (dataset, logits, masking, seed); joint mechanisms run once per dataset and seed."""
+def expand_grid(cfg: DictConfig) -> list[GridRun]:
+    """One :class:`~survival3d.engine.grid.GridRun` per (dataset, logits, masking, seed), with the factors
+    ``dataset``, ``logits``, ``masking`` (labels) and ``seed``; joint mechanisms run once per dataset and seed."""
     g = cfg.grid
     logits_specs = [_as_spec(s) for s in g.logits]
     masking_specs = [_as_spec(s) for s in g.masking]
@@ -99,7 +88,8 @@ def expand_grid(cfg: DictConfig) -> list[RunSpec]:
                     if run_id in seen:
                         raise ConfigError(f"grid produces the run '{run_id}' twice; remove the duplicate entry.")
                     seen.add(run_id)
-                    runs.append(RunSpec(run_id, dname, lname, mname, int(seed), run_cfg))
+                    factors = {"dataset": dname, "logits": lname, "masking": mname, "seed": int(seed)}
+                    runs.append(GridRun(run_id, factors, run_cfg))
     return runs
 
 
@@ -114,25 +104,25 @@ def _is_done(run_dir: Path, run_cfg: DictConfig) -> bool:
 
 
 def run_plan(cfg: DictConfig, out_dir: str | Path, *, force: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Run every grid point not yet finished, then write the report; returns the per-run results table."""
+    """Run every grid point not yet finished (all with ``force``), then write the report; returns the per-run table.
+
+    The loop is :func:`survival3d.engine.grid.run_grid`; a failing run stops the plan (``keep_going=False``).
+    """
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "plan.yaml")
     runs = expand_grid(cfg)
     t0 = time.perf_counter()
-    rows = []
-    for spec in tqdm(runs, desc="flex plan", disable=not progress):
-        run_dir = out / "runs" / spec.run_id
-        if not force and _is_done(run_dir, spec.cfg):
-            log.info("%s: finished earlier, skipped", spec.run_id)
-            result = json.loads((run_dir / "result.json").read_text())
-        else:
-            log.info("%s: training", spec.run_id)
-            result = run_flex(spec.cfg, run_dir, progress=progress)
-            log.info("%s: val_acc=%.4f %s", spec.run_id, result["val_acc"],
-                     " ".join(f"{k}={v:.4f}" for k, v in result.items() if k.endswith("_auc")))
-        rows.append({"run_id": spec.run_id, "dataset": spec.dataset, "logits": spec.logits,
-                     "masking": spec.masking, "seed": spec.seed, **result})
+
+    def train(run_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+        result = run_flex(run_cfg, run_dir, progress=progress)
+        log.info("%s: val_acc=%.4f %s", run_dir.name, result["val_acc"],
+                 " ".join(f"{k}={v:.4f}" for k, v in result.items() if k.endswith("_auc")))
+        return result
+
+    rows, _ = run_grid(runs, out / "runs", train=train, result_file="result.json",
+                       is_done=(lambda run_dir, run_cfg: False) if force else _is_done, keep_going=False,
+                       progress=progress, desc="flex plan")
     table = pd.DataFrame(rows)
     write_report(table, out, wall_time_s=time.perf_counter() - t0)
     return table

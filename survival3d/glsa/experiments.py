@@ -28,11 +28,13 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from survival3d.config import load_config
-from survival3d.errors import ConfigError, Survival3DError
+from survival3d.engine.grid import GridRun, run_grid
+from survival3d.errors import ConfigError
 from survival3d.glsa.config import GLSAConfig
 from survival3d.glsa.trainer import _atomic_write, make_run_name, train
 
-__all__ = ["PlanConfig", "StudyConfig", "DatasetEntry", "RunSpec", "load_plan", "expand_plan", "run_plan", "build_tables"]
+__all__ = ["PlanConfig", "StudyConfig", "DatasetEntry", "load_plan", "expand_plan", "run_plan", "collect_results",
+           "build_tables"]
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +77,6 @@ class PlanConfig:
     studies: dict[str, StudyConfig] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    dataset: str
-    backbone: str
-    attention: str
-    fusion: str
-    residual: str
-    seed: int
-
-    @property
-    def row(self) -> tuple[str, str, str, str]:
-        return (self.backbone, self.attention, self.fusion, self.residual)
-
-    @property
-    def name(self) -> str:
-        return make_run_name(f"{self.dataset}_{self.backbone}_s{self.seed}", self.fusion, self.residual, self.attention)
-
-
 def load_plan(path: str | Path, overrides=()) -> tuple[DictConfig, Path]:
     """Load and check a plan; returns it with the plan file's folder (for relative training-config paths)."""
     plan = load_config(path, overrides, schema=PlanConfig)
@@ -130,31 +114,44 @@ def _baseline_row(row: tuple[str, ...], study) -> tuple[str, ...]:
     return tuple(study.baseline.get(f, v) for f, v in zip(FACTORS, row))
 
 
-def expand_plan(plan: DictConfig) -> list[RunSpec]:
-    """Every distinct run of the plan, in study order (baselines included)."""
-    runs: dict[RunSpec, None] = {}
+def _run(dataset: str, row: tuple[str, ...], seed: int) -> GridRun:
+    factors = {"dataset": dataset, **dict(zip(FACTORS, row)), "seed": seed}
+    name = make_run_name(f"{dataset}_{factors['backbone']}_s{seed}", factors["fusion"], factors["residual"],
+                         factors["attention"])
+    return GridRun(name, factors)
+
+
+def expand_plan(plan: DictConfig) -> list[GridRun]:
+    """Every distinct run of the plan, in study order (baselines included); ``cfg`` is filled in by :func:`run_plan`.
+
+    A run's ``run_id`` is its folder name under ``{output_dir}/runs``; its factors are ``dataset``, ``backbone``,
+    ``attention``, ``fusion``, ``residual`` and ``seed``.
+    """
+    runs: dict[tuple, GridRun] = {}
     for study in plan.studies.values():
         for ds in study.datasets or list(plan.datasets):
             for row in _study_rows(study):
                 for seed in plan.seeds:
-                    runs[RunSpec(ds, *row, int(seed))] = None
-    return list(runs)
+                    run = _run(ds, row, int(seed))
+                    runs.setdefault(tuple(run.factors.items()), run)
+    return list(runs.values())
 
 
-def _train_config(plan: DictConfig, plan_dir: Path, run: RunSpec) -> DictConfig:
-    entry = plan.datasets[run.dataset]
+def _train_config(plan: DictConfig, plan_dir: Path, run: GridRun) -> DictConfig:
+    f = run.factors
+    entry = plan.datasets[f["dataset"]]
     cfg_path = plan_dir / entry.config
     if not cfg_path.is_file():
         cfg_path = Path(entry.config)  # resolved by load_config (working directory, then configs/)
     overrides = [
         *plan.overrides,
         *entry.overrides,
-        f"model.backbone={run.backbone}",
-        f"model.attention={run.attention}",
-        f"model.fusion={run.fusion}",
-        f"model.residual={run.residual}",
-        f"train.seed={run.seed}",
-        f"train.run_name={run.dataset}_{run.backbone}_s{run.seed}",
+        f"model.backbone={f['backbone']}",
+        f"model.attention={f['attention']}",
+        f"model.fusion={f['fusion']}",
+        f"model.residual={f['residual']}",
+        f"train.seed={f['seed']}",
+        f"train.run_name={f['dataset']}_{f['backbone']}_s{f['seed']}",
         f"train.output_dir={Path(plan.output_dir) / 'runs'}",
     ]
     return load_config(cfg_path, overrides, schema=GLSAConfig)
@@ -163,42 +160,39 @@ def _train_config(plan: DictConfig, plan_dir: Path, run: RunSpec) -> DictConfig:
 def run_plan(plan: DictConfig, plan_dir: Path, *, dry_run: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """Train every unfinished run of the plan, then return all results (one row per run) and the failed run names.
 
-    User errors (config, data) stop the plan at once; any other failure of one run is logged and the plan goes on
-    (the run is retried next time).
+    The loop is :func:`survival3d.engine.grid.run_grid`: user errors (config, data) stop the plan at once; any
+    other failure of one run is logged and the plan goes on (the run is retried next time). Every run's training
+    config is built before the first run trains, so a config error stops the plan before any training.
     """
     runs = expand_plan(plan)
-    out = Path(plan.output_dir)
-    todo = [r for r in runs if not (out / "runs" / r.name / "results.json").is_file()]
-    log.info("plan %s: %d runs, %d finished, %d to train", plan.name, len(runs), len(runs) - len(todo), len(todo))
+    out = Path(plan.output_dir) / "runs"
     if dry_run:
+        done = {r.run_id for r in runs if (out / r.run_id / "results.json").is_file()}
+        log.info("plan %s: %d runs, %d finished, %d to train", plan.name, len(runs), len(done), len(runs) - len(done))
         for r in runs:
-            log.info("%s %s", "todo" if r in todo else "done", r.name)
+            log.info("%s %s", "done" if r.run_id in done else "todo", r.run_id)
         return pd.DataFrame(), []
-    failed = []
-    for i, r in enumerate(todo, 1):
-        log.info("[%d/%d] %s", i, len(todo), r.name)
-        cfg = _train_config(plan, plan_dir, r)
-        try:
-            train(cfg, run_dir=out / "runs" / r.name)
-        except Survival3DError:
-            raise
-        except Exception as e:  # noqa: BLE001 - one diverging/out-of-memory run must not end a long plan
-            log.exception("run %s failed: %s", r.name, e)
-            failed.append(r.name)
-    return collect_results(plan), failed
+    for r in runs:
+        r.cfg = _train_config(plan, plan_dir, r)
+    rows, failed = run_grid(runs, out, train=lambda cfg, run_dir: train(cfg, run_dir=run_dir),
+                            result_file="results.json", keep_going=True, desc=f"plan {plan.name}")
+    return pd.DataFrame([_row(r) for r in rows]), failed
+
+
+def _row(res: dict) -> dict:
+    """The results-table row of one run: its factors, its name and the reported values of ``results.json``."""
+    return {**{k: res[k] for k in ("dataset", "backbone", "attention", "fusion", "residual", "seed")},
+            "run_name": res["run_id"], **{m: res[m] for m in METRICS}, "params": res["params"],
+            "train_time_s": res["train_time_s"], "epochs_run": res["epochs_run"], "device": res.get("device", "")}
 
 
 def collect_results(plan: DictConfig) -> pd.DataFrame:
-    """One row per finished run of the plan (``results.json`` values plus the run's factors)."""
+    """One row per finished run of the plan (``results.json`` values plus the run's factors), without training."""
     rows = []
     for r in expand_plan(plan):
-        p = Path(plan.output_dir) / "runs" / r.name / "results.json"
+        p = Path(plan.output_dir) / "runs" / r.run_id / "results.json"
         if p.is_file():
-            res = json.loads(p.read_text())
-            rows.append({"dataset": r.dataset, "backbone": r.backbone, "attention": r.attention, "fusion": r.fusion,
-                         "residual": r.residual, "seed": r.seed, "run_name": r.name, **{m: res[m] for m in METRICS},
-                         "params": res["params"], "train_time_s": res["train_time_s"], "epochs_run": res["epochs_run"],
-                         "device": res.get("device", "")})
+            rows.append(_row({**json.loads(p.read_text()), "run_id": r.run_id, **r.factors}))  # factors win
     return pd.DataFrame(rows)
 
 

@@ -47,7 +47,7 @@ __all__ = [
     "classification_metrics",
     "train",
     "evaluate",
-    "load_trained",
+    "load_classifier",
 ]
 
 log = logging.getLogger(__name__)
@@ -348,10 +348,12 @@ def _train(cfg: DictConfig, run_dir: Path, name: str) -> dict[str, Any]:
     return Engine(GLSATask(cfg, run_dir, name), engine_settings(cfg, run_dir, name), run_dir).fit()
 
 
-def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GLSANet, list[str], DictConfig]:
-    """Rebuild the model of a run from its ``best.pt`` (or the run folder) in eval mode.
+def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GLSANet, list[str], DictConfig]:
+    """Rebuild the GLSA classifier of a run from its ``best.pt`` (or the run folder) in eval mode.
 
-    Returns ``(model, class_names, cfg)``. Pretrained weights are not needed: the checkpoint holds every weight.
+    Returns ``(model, class_names, cfg)``. The checkpoint is read by
+    :func:`survival3d.engine.checkpoint.load_checkpoint` (``weights_only=True``); pretrained weights are not needed:
+    it holds every weight. (A survival model is reloaded by :func:`survival3d.engine.checkpoint.load_trained`.)
     """
     from survival3d.errors import InputError
 

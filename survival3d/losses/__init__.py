@@ -66,6 +66,15 @@ def build_loss(cfg: Any) -> nn.Module:
         ConfigError: unknown loss name, or a value its constructor rejects.
     """
     spec = _as_dict(cfg)
+    if any(isinstance(spec.get(k), str) for k in ("tmax", "var_init")) or "auto_bins" in spec or "auto_margin" in spec:
+        # ``auto`` time settings without data: the unfitted grid (survival3d.time_grid); the engine resolves
+        # them against the grid fitted on the training times before building the loss
+        from survival3d.time_grid import grid_from_config, resolve_time_settings
+
+        section = {"loss": spec, "data": {"source": "manifest"}}
+        spec.update(resolve_time_settings(section, grid_from_config(section))["loss"])
+        spec.pop("auto_bins", None)
+        spec.pop("auto_margin", None)
     name = spec.pop("name", "censored")
     ctor = LOSSES.get(name)
     params = inspect.signature(ctor).parameters

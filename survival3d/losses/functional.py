@@ -255,6 +255,9 @@ def cox_partial_nll(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
         tied_events = (time[None, :] == time[:, None]) & event[None, :]  # [i, k]: k is an event tied with i
         d = tied_events.sum(1).clamp_min(1).to(risk.dtype)
         rank = (tied_events & torch.ones_like(eye).tril(-1)).sum(1).to(risk.dtype)  # events of the tie before i
+        # censored rows have no Efron term: with rank 0 their correction is log1p(0) = 0 instead of a log1p(-1) = -inf
+        # that torch.where would hide in the value but not in the gradient (NaN)
+        rank = torch.where(event, rank, torch.zeros_like(rank))
         log_e = torch.logsumexp(torch.where(tied_events | eye, risk[None, :], neg_inf), dim=1)
         log_den = log_s + torch.log1p(-(rank / d) * torch.exp(log_e - log_s))
     term = torch.where(event, log_den - risk, torch.zeros_like(risk))

@@ -4,7 +4,7 @@ engine's per-epoch validation metrics and evaluation figures. See :mod:`survival
 from survival3d.metrics.report import aggregate_folds, survival_metrics
 from survival3d.metrics.survival import (
     brier_score,
-    censored_nll,
+    censored_nll_metric,
     censoring_km,
     cumulative_dynamic_auc,
     default_horizons,
@@ -26,7 +26,7 @@ __all__ = [
     "METRIC_MODES",
     "METRIC_NAMES",
     "brier_score",
-    "censored_nll",
+    "censored_nll_metric",
     "censoring_km",
     "cumulative_dynamic_auc",
     "default_horizons",

@@ -93,15 +93,18 @@ def plot_km_by_risk_tertile(predictions: pd.DataFrame, path: str | Path, title: 
 
 
 def plot_calibration(
-    predictions: pd.DataFrame, pmf: np.ndarray, horizons, path: str | Path, n_bins: int = 4, title: str = ""
+    predictions: pd.DataFrame, pmf: np.ndarray, horizons, path: str | Path, n_bins: int = 4, title: str = "",
+    time_scale: float = 1.0,
 ) -> Path:
     """Calibration at each horizon t: cases binned by predicted S(t) (quantile bins); mean predicted S(t) per bin
-    against the Kaplan–Meier estimate of S(t) in that bin (with its 95% CI), and the y = x line."""
+    against the Kaplan–Meier estimate of S(t) in that bin (with its 95% CI), and the y = x line.
+
+    ``time_scale``: time units per pmf column (the model's grid bin width; times and horizons are in time units)."""
     from lifelines import KaplanMeierFitter
 
     plt = _plt()
     horizons = np.atleast_1d(np.asarray(horizons, dtype=float))
-    surv = survival_at(pmf_to_survival(pmf), horizons)
+    surv = survival_at(pmf_to_survival(pmf), horizons if time_scale == 1.0 else horizons / float(time_scale))
     time = predictions["time"].to_numpy(float)
     event = predictions["event"].to_numpy().astype(int)
     fig, axes = plt.subplots(1, max(1, horizons.size), figsize=(4 * max(1, horizons.size), 4), squeeze=False)

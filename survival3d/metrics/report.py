@@ -35,6 +35,7 @@ def survival_metrics(
     *,
     alpha_cens: float = 1.0,
     horizons: Sequence[float] | None = None,
+    time_scale: float = 1.0,
 ) -> dict:
     """Every metric of a prediction table.
 
@@ -46,6 +47,9 @@ def survival_metrics(
             Brier score, time-dependent AUC and censored NLL. ``None`` (e.g. a Cox model) skips them.
         alpha_cens: ALPHA_CENS of the censored NLL.
         horizons: times for the Brier score / td-AUC; default: quartiles of the event times inside follow-up.
+        time_scale: time units per pmf column (the model's grid bin width): column k holds P(T = (k+1)·time_scale).
+            The pmf-based metrics are computed in grid units (``time / time_scale``; Brier, td-AUC and the NLL are
+            invariant to the scale of time) and horizons / ``ibs_range`` are reported in time units.
 
     Returns:
         JSON-ready dict; undefined values (no events, no censored cases) are ``None``.
@@ -80,25 +84,33 @@ def survival_metrics(
         pmf = np.asarray(pmf, dtype=float)
         if pmf.shape[0] != time.size:
             raise ValueError(f"pmf has {pmf.shape[0]} rows for {time.size} predictions.")
+        scale = float(time_scale)
+        if not scale > 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale}.")
+        tg = time if scale == 1.0 else time / scale  # grid units: the pmf's column k is t = k + 1
         surv = sm.pmf_to_survival(pmf)
         h = sm.default_horizons(time, event) if horizons is None else np.asarray(horizons, dtype=float)
+        hg = h if scale == 1.0 else h / scale
         out["horizons"] = [float(x) for x in h]
         if h.size:
+            keys = [str(int(t) if float(t).is_integer() else t) for t in h]
             try:
-                bs = sm.brier_score(time, event, surv, h)
-                out["brier"] = {str(int(t) if float(t).is_integer() else t): float(b) for t, b in zip(h, bs)}
+                bs = sm.brier_score(tg, event, surv, hg)
+                out["brier"] = {k: float(b) for k, b in zip(keys, bs)}
             except ValueError as e:
                 log.warning("Brier score undefined: %s", e)
-            auc = sm.cumulative_dynamic_auc(time, event, 1.0 - sm.survival_at(surv, h), h)
-            out["td_auc"] = {str(int(t) if float(t).is_integer() else t): _finite_or_none(a) for t, a in zip(h, auc)}
+            # ranked by -log S(t) from the pmf's tail: 1 - S(t) rounds to 1 for every case where S(t) ~ 0
+            log_s = sm.log_survival_at(sm.pmf_to_log_survival(pmf), hg)
+            auc = sm.cumulative_dynamic_auc(tg, event, -log_s, hg)
+            out["td_auc"] = {k: _finite_or_none(a) for k, a in zip(keys, auc)}
             out["td_auc_mean"] = _finite_or_none(np.nanmean(auc)) if np.isfinite(auc).any() else None
         grid = np.arange(1, pmf.shape[1] + 1, dtype=float)
-        lo = 1.0
-        hi = float(min(pmf.shape[1], np.nextafter(time.max(), -np.inf)))
+        lo = max(1.0, float(tg.min()))  # from the earliest observed time, as scikit-survival's examples do
+        hi = float(min(pmf.shape[1], np.nextafter(tg.max(), -np.inf)))
         ib_grid = grid[(grid >= lo) & (grid < hi)]
-        _try("ibs", lambda: sm.integrated_brier_score(time, event, surv, ib_grid))
-        out["ibs_range"] = [float(ib_grid[0]), float(ib_grid[-1])] if ib_grid.size >= 2 else None
-        _try("nll", lambda: sm.censored_nll(pmf, time, event, alpha_cens))
+        _try("ibs", lambda: sm.integrated_brier_score(tg, event, surv, ib_grid))
+        out["ibs_range"] = [float(ib_grid[0]) * scale, float(ib_grid[-1]) * scale] if ib_grid.size >= 2 else None
+        _try("nll", lambda: sm.censored_nll_metric(pmf, tg, event, alpha_cens))
         out["alpha_cens"] = float(alpha_cens)
     return out
 

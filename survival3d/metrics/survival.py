@@ -33,11 +33,13 @@ __all__ = [
     "mae_censored_hinge",
     "mae_hinge",
     "pmf_to_survival",
+    "pmf_to_log_survival",
     "survival_at",
+    "log_survival_at",
     "brier_score",
     "integrated_brier_score",
     "cumulative_dynamic_auc",
-    "censored_nll",
+    "censored_nll_metric",
     "default_horizons",
 ]
 
@@ -206,6 +208,28 @@ def pmf_to_survival(pmf) -> np.ndarray:
     return np.clip(1.0 - np.cumsum(pmf, axis=1), 0.0, 1.0)
 
 
+def pmf_to_log_survival(pmf) -> np.ndarray:
+    r"""(n, tmax) pmf → (n, tmax) :math:`\log S(t) = \log \sum_{s > t} \mathrm{pmf}(s)` at :math:`t = 1..t_{max}`.
+
+    The tail is summed directly (a reverse cumulative sum of non-negative terms), never as :math:`1 - F(t)`: no
+    cancellation, so cases with :math:`S(t)` of 1e-17 and 1e-18 keep their order (``-inf`` where the tail is 0).
+    """
+    pmf = np.clip(np.asarray(pmf, dtype=float), 0.0, None)
+    if pmf.ndim != 2:
+        raise ValueError(f"pmf must be (n, tmax), got shape {pmf.shape}.")
+    tail = np.cumsum(pmf[:, ::-1], axis=1)[:, ::-1]  # tail[:, k] = sum_{j >= k} pmf[:, j] = P(T >= k + 1)
+    surv = np.concatenate([tail[:, 1:], np.zeros((pmf.shape[0], 1))], axis=1)  # P(T > k + 1)
+    with np.errstate(divide="ignore"):
+        return np.minimum(np.log(surv), 0.0)
+
+
+def log_survival_at(log_surv: np.ndarray, t) -> np.ndarray:
+    """log S(t) for each case at horizons ``t`` (as :func:`survival_at`: 0 for t < 1, floor for non-integers)."""
+    k = np.floor(np.asarray(t, dtype=float)).astype(int)
+    col = np.clip(k - 1, 0, log_surv.shape[1] - 1)
+    return np.where(k[None, :] >= 1, log_surv[:, col], 0.0)
+
+
 def survival_at(surv: np.ndarray, t) -> np.ndarray:
     """S(t) for each case at horizons ``t`` (on the integer grid; S(t) = 1 for t < 1, floor for non-integers)."""
     k = np.floor(np.asarray(t, dtype=float)).astype(int)
@@ -244,7 +268,9 @@ def brier_score(time, event, surv, horizons, *, train_time=None, train_event=Non
 
 def integrated_brier_score(time, event, surv, horizons, **kw) -> float:
     r"""Trapezoidal integral of :func:`brier_score` over ``horizons`` divided by their range:
-    :math:`\frac{1}{t_{max} - t_{min}} \int_{t_{min}}^{t_{max}} BS(t)\,dt` (needs ≥ 2 horizons)."""
+    :math:`\frac{1}{t_{max} - t_{min}} \int_{t_{min}}^{t_{max}} BS(t)\,dt` (needs ≥ 2 horizons), as
+    ``sksurv.metrics.integrated_brier_score``. ``run.py evaluate`` integrates over the integer grid from the
+    earliest observed time to before the last one (``ibs_range`` in metrics.json)."""
     horizons = np.unique(np.asarray(horizons, dtype=float))
     if horizons.size < 2:
         raise ValueError(f"integrated Brier score needs at least 2 distinct horizons, got {horizons.tolist()}.")
@@ -262,7 +288,9 @@ def cumulative_dynamic_auc(time, event, risk_t, horizons, *, train_time=None, tr
         \quad \omega_i = \delta_i / \hat G(T_i)
 
     Args:
-        risk_t: (n,) risk or (n, len(horizons)) time-dependent risk, e.g. :math:`1 - \hat S(t|x)`.
+        risk_t: (n,) risk or (n, len(horizons)) time-dependent risk, e.g. :math:`-\log \hat S(t|x)` from
+            :func:`pmf_to_log_survival` (the same order as :math:`1 - \hat S(t|x)`, without its rounding to 1
+            where :math:`\hat S(t|x) \approx 0`). Values equal (or within 1e-8) are ties; ``inf`` is allowed.
         horizons: evaluation times, each with at least one case before and one control after.
 
     Returns:
@@ -283,14 +311,16 @@ def cumulative_dynamic_auc(time, event, risk_t, horizons, *, train_time=None, tr
         control = time > t
         if not case.any() or not control.any():
             continue
-        diff = risk_t[case, k][:, None] - risk_t[control, k][None, :]
-        score = np.where(np.abs(diff) <= _TIED_TOL, 0.5, (diff > 0).astype(float))
+        a, b = risk_t[case, k][:, None], risk_t[control, k][None, :]
+        with np.errstate(invalid="ignore"):
+            tied = (a == b) | (np.abs(a - b) <= _TIED_TOL)  # a == b also for equal infinities (their difference is NaN)
+        score = np.where(tied, 0.5, (a > b).astype(float))
         w = omega[case]
         out[k] = float((w[:, None] * score).sum() / (w.sum() * control.sum()))
     return out
 
 
-def censored_nll(pmf, time, event, alpha_cens: float = 1.0) -> float:
+def censored_nll_metric(pmf, time, event, alpha_cens: float = 1.0) -> float:
     r"""Mean censored negative log-likelihood of a discrete predicted distribution: the training loss's likelihood.
 
     .. math::

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from survival3d.models.blocks import Conv3dPatchEmbed
+from survival3d.models.blocks import Conv3dPatchEmbed, VectorQuantizer
 from survival3d.models.blocks.window_attention import MAX_WINDOWS_PER_CALL
 from survival3d.models.heads import HEADS, cubelet_valid_mask
 from survival3d.models.nets import WindowTransformer3D
@@ -35,6 +35,9 @@ class SurvivalNet3D(nn.Module):
             :class:`WindowTransformer3D`.
         head: the head spec, a name or ``{"name": ..., **kwargs}`` (``cfg.head``).
         covariate_spec: the covariates FiLM is conditioned on (``None`` or empty: no FiLM).
+        vq_codes: quantise the transformer's output tokens with a codebook of this many codes
+            (:class:`~survival3d.models.blocks.VectorQuantizer`; 0 = continuous tokens, the default); ``vq_decay``
+            and ``vq_commitment`` are its EMA decay and commitment weight. The VQ loss is added to ``reg_loss``.
         name: accepted for config round-trips (the registry key).
 
     Forward:
@@ -55,6 +58,7 @@ class SurvivalNet3D(nn.Module):
                  drop: float = 0.0, film: bool = True, film_hidden: int = 64, global_residual: bool = True,
                  use_checkpoint: bool = False, max_windows_per_call: int = MAX_WINDOWS_PER_CALL,
                  head: str | Mapping[str, Any] = "softmin", covariate_spec: CovariateSpec | None = None,
+                 vq_codes: int = 0, vq_decay: float = 0.99, vq_commitment: float = 0.25,
                  name: str | None = None):
         super().__init__()
         self.covariate_spec = covariate_spec or CovariateSpec()
@@ -70,6 +74,9 @@ class SurvivalNet3D(nn.Module):
             film_hidden=film_hidden, global_residual=global_residual, use_checkpoint=use_checkpoint,
             max_windows_per_call=max_windows_per_call)
         self.head = HEADS.build(head, in_dim=embed_dim)
+        # built last, and only when asked for: the default model's parameters and their initialisation are unchanged
+        self.quantizer = (VectorQuantizer(embed_dim, int(vq_codes), decay=vq_decay, commitment=vq_commitment)
+                          if int(vq_codes) > 0 else None)
 
     @property
     def uses_film(self) -> bool:
@@ -90,9 +97,15 @@ class SurvivalNet3D(nn.Module):
         padded = any(s % self.patch_size for s in image.shape[2:])
         key_valid = pad_valid[0, 0] if padded else None
         out, blocks = self.transformer(tokens, cov_num, cov_cat, key_valid=key_valid)
+        vq_loss = None
+        if self.quantizer is not None:
+            out, vq_loss, _ = self.quantizer(out, pad_valid)
         lung_frac = None if lung_mask is None else self.lung_fraction(lung_mask)
         valid = cubelet_valid_mask(pad_valid, lung_frac, self.head.lung_frac_min).expand(image.shape[0], -1, -1, -1, -1)
         h = self.head(out, valid)
+        reg_loss = h["reg_loss"]
+        if vq_loss is not None:
+            reg_loss = vq_loss if reg_loss is None else reg_loss + vq_loss
         features = {"embed": tokens, **{f"block{i}": b for i, b in enumerate(blocks)}, "tokens": out}
         return SurvivalOutput(pred=h["pred"], risk=-h["pred"], p=h["p"], loc=h["loc"], valid=h["valid"],
-                              reg_loss=h["reg_loss"], features=features)
+                              reg_loss=reg_loss, features=features)

@@ -142,13 +142,14 @@ def export_bundle(model: str | Path, out: str | Path) -> Path:
                        "covariates": {"numeric": list(ens.encoder.numeric), "categorical": list(ens.encoder.categorical)}},
             "outputs": {"pred": {"type": "number", "format": "time", "unit": ens.unit,
                                  "description": "mean of the discretised Gaussian survival distribution"},
-                        "pmf": {"type": "probabilities", "num_channels": ens.tmax, "description": "P(T = t), t = 1..TMAX"},
+                        "pmf": {"type": "probabilities", "num_channels": ens.tmax, "description": "P(T = t) over the "
+                                "time grid's bins (survival.csv: t in the data's unit)"},
                         "heatmap": {"type": "image", "format": "softmin weight", "description": "on the input CT's "
                                     "grid and affine (heatmap.nii.gz)"}},
         },
         "preprocessing": ens.plan, "preprocessing_description": describe_plan(ens.plan),
         "time_unit": ens.unit,
-        "survival3d": {"config": OmegaConf.to_container(cfg, resolve=True),
+        "survival3d": {"config": OmegaConf.to_container(cfg, resolve=True), "time_grid": ens.time_grid.state_dict(),
                        "covariate_encoder": m.covariate_encoder.state_dict(),
                        "model_inputs": {"lung_mask": ens.uses_lung_mask}, "torchscript": ts,
                        "source_checkpoint": str(m.path)},
@@ -199,17 +200,20 @@ class BundlePredictor:
         from survival3d.data.covariates import CovariateEncoder
         from survival3d.engine.checkpoint import TrainedModel, config_from_checkpoint
         from survival3d.predict.models import Ensemble
+        from survival3d.time_grid import TimeGrid, resolved_config
 
         root = Path(bundle_root)
         meta = json.loads((root / "configs" / "metadata.json").read_text())
         info = meta["survival3d"]
         cfg = config_from_checkpoint({"config": info["config"]})
+        grid = TimeGrid.from_state(info["time_grid"])
+        grid_cfg = resolved_config(cfg, grid)
         encoder = CovariateEncoder.from_state(info["covariate_encoder"])
         device = torch.device(device)
         weights = torch.load(root / "models" / "model.pt", map_location=device, weights_only=True)
-        model = build_survival_model(cfg, encoder.spec)
+        model = build_survival_model(grid_cfg, encoder.spec)
         model.load_state_dict(weights["model"])
-        loss = build_survival_loss(cfg.loss)
+        loss = build_survival_loss(grid_cfg.loss)
         if weights.get("loss"):
             loss.load_state_dict(weights["loss"])
         ts = info.get("torchscript") or {}
@@ -220,7 +224,7 @@ class BundlePredictor:
         loss.to(device).eval()
         state = {"preprocessing": meta.get("preprocessing"), "model_inputs": info["model_inputs"]}
         tm = TrainedModel(model=model, loss_fn=loss, cfg=cfg, covariate_encoder=encoder, checkpoint=state,
-                          path=root / "models" / "model.pt", device=device)
+                          path=root / "models" / "model.pt", device=device, time_grid=grid)
         self.ensemble = Ensemble(members=[tm], names=["model"], plan=meta.get("preprocessing"),
                                  uses_lung_mask=bool(info["model_inputs"].get("lung_mask")))
 

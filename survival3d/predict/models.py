@@ -21,8 +21,8 @@ __all__ = ["Ensemble", "load_ensemble", "time_unit", "member_paths", "distributi
 
 _FOLD_DIR = re.compile(r"^fold[_-]?(\d+)$")
 
-#: Config sections that must agree between ensemble members (they share inputs and the time grid).
-_SHARED = ("data.image_size", "data.intensity_window", "data.spatial", "data.covariates", "loss.tmax")
+#: Config sections that must agree between ensemble members (they share inputs; the time grid is compared too).
+_SHARED = ("data.image_size", "data.intensity_window", "data.spatial", "data.covariates", "data.time_unit")
 
 
 def time_unit(cfg) -> str:
@@ -49,6 +49,8 @@ def member_paths(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def member_pmf(member: TrainedModel, pred: torch.Tensor) -> np.ndarray | None:
+    """The member's predicted distribution over its time grid's bins for the model's output ``pred`` (grid units),
+    normalised to sum 1; ``None`` for losses without a distribution."""
     fn = getattr(member.loss_fn, "pmf", None)
     if not callable(fn):
         return None
@@ -58,11 +60,13 @@ def member_pmf(member: TrainedModel, pred: torch.Tensor) -> np.ndarray | None:
     return pmf / np.where(total > 0, total, 1.0)
 
 
-def distribution_summary(pmf: np.ndarray, lo: float = 0.1, hi: float = 0.9) -> dict[str, float]:
-    """Mean, median and the ``lo``–``hi`` quantiles of a pmf over t = 1..T (normalised to sum 1)."""
+def distribution_summary(pmf: np.ndarray, times: np.ndarray | None = None, lo: float = 0.1,
+                         hi: float = 0.9) -> dict[str, float]:
+    """Mean, median and the ``lo``–``hi`` quantiles of a pmf (normalised to sum 1) whose bins lie at ``times`` (the
+    time grid's times in the data's unit; default t = 1..T)."""
     pmf = np.asarray(pmf, dtype=np.float64)
     pmf = pmf / pmf.sum()
-    t = np.arange(1, len(pmf) + 1, dtype=np.float64)
+    t = np.arange(1, len(pmf) + 1, dtype=np.float64) if times is None else np.asarray(times, dtype=np.float64)
     cdf = np.cumsum(pmf)
 
     def q(level):
@@ -97,8 +101,17 @@ class Ensemble:
         return time_unit(self.cfg)
 
     @property
+    def time_grid(self):
+        """The members' :class:`~survival3d.time_grid.TimeGrid` (grid units ↔ the data's unit)."""
+        return self.members[0].time_grid
+
+    @property
     def tmax(self) -> int:
-        return int(self.cfg.loss.tmax)
+        return int(self.time_grid.tmax)
+
+    def times(self) -> np.ndarray:
+        """The time of each pmf bin in the data's unit."""
+        return self.time_grid.times()
 
     @property
     def encoder(self):
@@ -116,7 +129,7 @@ class Ensemble:
         return {"members": [{"name": n, "checkpoint": str(m.path), "epoch": m.checkpoint.get("epoch")}
                             for n, m in zip(self.names, self.members)],
                 "plan": self.plan, "plan_description": describe_plan(self.plan), "time_unit": self.unit,
-                "tmax": self.tmax, "digest": self.digest()}
+                "time_grid": self.time_grid.state_dict(), "digest": self.digest()}
 
 
 def _shared(cfg) -> dict[str, Any]:
@@ -146,6 +159,9 @@ def load_ensemble(paths: Sequence[str | Path], *, device: str = "cpu") -> Ensemb
         if (plan or {}).get("digest") != (other or {}).get("digest"):
             raise InputError(f"ensemble members differ in preprocessing: {names[0]} has {describe_plan(plan)}; "
                              f"{name} has {describe_plan(other)}.", path=m.path, field="preprocessing")
+        if m.time_grid.state_dict() != first.time_grid.state_dict():
+            raise InputError(f"ensemble members differ in time grid: {names[0]} has {first.time_grid.state_dict()}, "
+                             f"{name} has {m.time_grid.state_dict()}.", path=m.path, field="time_grid")
         cur = _shared(m.cfg)
         for k in _SHARED:
             if cur[k] != ref[k]:

@@ -17,11 +17,14 @@ from survival3d.io import atomic_path, write_text
 __all__ = ["survival_table", "plot_survival", "plot_overlay", "write_summary_page"]
 
 
-def survival_table(pmf: np.ndarray, member_pmfs: Sequence[np.ndarray], names: Sequence[str]) -> pd.DataFrame:
-    """``t, pmf, survival, cdf`` over t = 1..TMAX (S(t) = P(T > t)), plus ``pmf_<member>`` for an ensemble."""
+def survival_table(pmf: np.ndarray, member_pmfs: Sequence[np.ndarray], names: Sequence[str],
+                   times: np.ndarray | None = None) -> pd.DataFrame:
+    """``t, pmf, survival, cdf`` over the time grid's bins (``t`` in the data's unit, default 1..TMAX;
+    S(t) = P(T > t)), plus ``pmf_<member>`` for an ensemble."""
     pmf = np.asarray(pmf, dtype=np.float64)
     cdf = np.cumsum(pmf)
-    df = pd.DataFrame({"t": np.arange(1, len(pmf) + 1), "pmf": pmf, "survival": np.clip(1.0 - cdf, 0.0, 1.0),
+    t = np.arange(1, len(pmf) + 1) if times is None else np.asarray(times)
+    df = pd.DataFrame({"t": t, "pmf": pmf, "survival": np.clip(1.0 - cdf, 0.0, 1.0),
                        "cdf": np.clip(cdf, 0.0, 1.0)})
     if len(member_pmfs) > 1:
         for n, m in zip(names, member_pmfs):
@@ -48,11 +51,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_survival(res: Mapping[str, Any], names: Sequence[str], unit: str, path: str | Path, *, title: str = "") -> Path:
+def plot_survival(res: Mapping[str, Any], names: Sequence[str], unit: str, path: str | Path, *, title: str = "",
+                  times: np.ndarray | None = None) -> Path:
     """S(t) of the (ensemble) prediction with its 10–90 % interval, median and mean marked; members in grey."""
     plt = _plt()
     pmf = np.asarray(res["pmf"])
-    t = np.arange(1, len(pmf) + 1)
+    t = np.arange(1, len(pmf) + 1) if times is None else np.asarray(times)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     members = res["members"]
     if len(members) > 1:
@@ -63,7 +67,7 @@ def plot_survival(res: Mapping[str, Any], names: Sequence[str], unit: str, path:
     ax.axvspan(res["q10_time"], res["q90_time"], color="C0", alpha=0.12, label="10–90 % interval")
     ax.axvline(res["median_time"], color="C3", ls="--", lw=1.2, label=f"median {res['median_time']:.0f} {unit}")
     ax.axvline(res["mean_time"], color="C2", ls=":", lw=1.2, label=f"mean {res['mean_time']:.1f} {unit}")
-    ax.set_xlim(0, len(pmf))
+    ax.set_xlim(0, float(t[-1]))
     ax.set_ylim(0, 1.02)
     ax.set_xlabel(f"time ({unit})")
     ax.set_ylabel("probability of surviving beyond t")
@@ -138,7 +142,8 @@ def write_summary_page(info: Mapping[str, Any], ens, case_dir: Path, files: Mapp
                      f"sd of the {len(members)} ensemble members' mean times (model uncertainty)"))
     if info.get("p_at_tmax") is not None and info["p_at_tmax"] > 0.01:
         rows.append(("Probability at the grid's end", _fmt(100 * info["p_at_tmax"], 1) + " %",
-                     f"mass at t = {info['tmax']} {u}, the longest time the model can predict"))
+                     f"mass at t = {_fmt(info.get('horizon', info['tmax']))} {u}, the longest time the model can "
+                     "predict"))
     table = "".join(f"<tr><th>{e(a)}</th><td><b>{b}</b></td><td>{e(c)}</td></tr>" for a, b, c in rows)
     mem = "".join(f"<tr><td>{e(m['name'])}</td><td>{_fmt(m.get('mean_time', m.get('pred')))} {u}</td>"
                   f"<td>{_fmt(m.get('median_time'), 0)} {u}</td></tr>" for m in members)

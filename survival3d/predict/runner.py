@@ -258,11 +258,12 @@ def run_ensemble(ens: Ensemble, batch: Mapping[str, Any], *, heatmap: bool = Tru
     members' softmin p per cubelet, trilinearly upsampled and averaged; ``None`` when the head gives no map)."""
     members, heats = [], []
     shape = tuple(batch["image"].shape[-3:])
+    grid, times = ens.time_grid, ens.times()
     for name, m in zip(ens.names, ens.members):
         out = forward(m.model, to_device(batch, m.device), amp=False)
-        pred = out.pred.float()
+        pred = out.pred.float()  # grid units
         pmf = member_pmf(m, pred)
-        members.append({"name": name, "pred": float(pred[0]), "risk": float(out.risk[0]),
+        members.append({"name": name, "pred": float(grid.from_grid(pred[0])), "risk": float(out.risk[0]),
                         "pmf": None if pmf is None else pmf[0]})
         if heatmap and out.p is not None:
             grid = tuple(out.p.shape[-3:])
@@ -272,9 +273,9 @@ def run_ensemble(ens: Ensemble, batch: Mapping[str, Any], *, heatmap: bool = Tru
     if all(mb["pmf"] is not None for mb in members):
         pmf = np.mean([mb["pmf"] for mb in members], axis=0)
         res["pmf"] = pmf
-        res.update(distribution_summary(pmf))
+        res.update(distribution_summary(pmf, times))
         for mb in members:
-            mb.update(distribution_summary(mb["pmf"]))
+            mb.update(distribution_summary(mb["pmf"], times))
         res["risk"] = -res["mean_time"]
         means = [mb["mean_time"] for mb in members]
     else:
@@ -340,6 +341,7 @@ def predict_one(ens: Ensemble, prep: Preparer, case: CaseInput, kind: str, job: 
     files: dict[str, str] = {}
     info: dict[str, Any] = {
         "id": case.id, "source": case.source, "input_kind": kind, "time_unit": unit, "tmax": ens.tmax,
+        "horizon": float(ens.time_grid.horizon),
         "n_members": len(ens.members), "model_digest": ens.digest(), "plan": describe_plan(ens.plan),
         **{k: res.get(k) for k in ("mean_time", "median_time", "q10_time", "q90_time", "risk", "member_sd_time",
                                    "p_at_tmax")},
@@ -349,10 +351,10 @@ def predict_one(ens: Ensemble, prep: Preparer, case: CaseInput, kind: str, job: 
     }
     if res["pmf"] is not None:
         write_csv(case_dir / "survival.csv", survival_table(res["pmf"], [mb["pmf"] for mb in res["members"]],
-                                                            ens.names))
+                                                            ens.names, ens.times()))
         files["survival_csv"] = "survival.csv"
         if job.figures:
-            plot_survival(res, ens.names, unit, case_dir / "survival.png", title=case.id)
+            plot_survival(res, ens.names, unit, case_dir / "survival.png", title=case.id, times=ens.times())
             files["survival_png"] = "survival.png"
     if res["heat"] is not None:
         model_affine = p.batch["affine"][0].numpy()

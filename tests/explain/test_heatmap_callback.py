@@ -33,7 +33,7 @@ def test_heatmap_callback_writes_p_and_lesion_share(tmp_path):
     shown = max(events, key=lambda c: float(c["mask"].sum()))
     assert info["id"] == shown["id"]
     with torch.no_grad():
-        p = model(shown["image"][None]).p[0, 0]
+        p = model(shown["image"][None], cov_num=shown["cov_num"][None]).p[0, 0]
     touched = torch.nn.functional.max_pool3d(shown["mask"][None], 4)[0, 0] > 0
     assert info["p_on_lesion"] == pytest.approx(float(p[touched].sum()), abs=1e-6)
     assert info["lesion_cubelet_frac"] == pytest.approx(float(touched.float().mean()), abs=1e-9)

@@ -43,9 +43,12 @@ def test_plan_expansion_deduplicates_and_adds_baselines(tmp_path):
     })
     plan, _ = load_plan(path)
     runs = expand_plan(plan)
-    names = {r.name for r in runs}
+    names = {r.run_id for r in runs}
     assert len(names) == len(runs) == 2 * 4  # (gate, cross, original-baseline, drop_path) x 2 seeds
     assert "digits_resnet18_s1_original_original_cbam" in names
+    r = next(r for r in runs if r.run_id == "digits_resnet18_s1_original_original_cbam")
+    assert r.factors == {"dataset": "digits", "backbone": "resnet18", "attention": "cbam", "fusion": "original",
+                         "residual": "original", "seed": 1}
 
 
 def test_bad_plans(tmp_path):

@@ -10,7 +10,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score,
 from survival3d.config import load_config
 from survival3d.glsa.config import GLSAConfig
 from survival3d.glsa.data import build_dataset
-from survival3d.glsa.trainer import classification_metrics, load_trained, make_run_name, train
+from survival3d.glsa.trainer import classification_metrics, load_classifier, make_run_name, train
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +59,7 @@ def test_learns_sklearn_digits(tmp_path):
     for png in ("confusion_matrix.png", "gradcam.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
     # the checkpoint alone rebuilds the model and reproduces the validation accuracy
-    model, classes, saved_cfg = load_trained(run)
+    model, classes, saved_cfg = load_classifier(run)
     data = build_dataset("digits", image_size=saved_cfg.data.image_size, split_seed=saved_cfg.data.split_seed)
     with torch.no_grad():
         pred = model(torch.stack([data.val[i][0] for i in range(len(data.val))])).argmax(1).numpy()

@@ -9,6 +9,7 @@ from lifelines.utils import concordance_index
 from scipy.stats import norm
 
 from survival3d.cli import main
+from survival3d.time_grid import TimeGrid
 
 
 def _fake_predictions(rng, n=40):
@@ -30,7 +31,7 @@ def setup(tmp_path, monkeypatch, rng):
     def predict_manifest(checkpoint, manifest):
         calls.append(checkpoint)
         df, pmf = _fake_predictions(rng)
-        return df, pmf, 1.0
+        return df, pmf, 1.0, TimeGrid(tmax=pmf.shape[1])
 
     monkeypatch.setattr("survival3d.cli.evaluate.predict_manifest", predict_manifest)
     manifest = tmp_path / "m.csv"

@@ -8,7 +8,7 @@ from scipy.stats import norm
 
 from survival3d.metrics import (
     brier_score,
-    censored_nll,
+    censored_nll_metric,
     censoring_km,
     cumulative_dynamic_auc,
     harrell_c_index,
@@ -151,9 +151,9 @@ def test_censored_nll_closed_form():
     e = np.array([1, 0, 0])
     # event: -log 0.1; censored at 4: S = P(T > 4) = 0.6; at 7: 0.3; alpha = 2 weighs the censored terms
     expected = -(np.log(0.1) + 2 * np.log(0.6) + 2 * np.log(0.3)) / 3
-    assert censored_nll(pmf, t, e, alpha_cens=2.0) == pytest.approx(expected, rel=1e-12)
+    assert censored_nll_metric(pmf, t, e, alpha_cens=2.0) == pytest.approx(expected, rel=1e-12)
     with pytest.raises(ValueError, match="alpha_cens"):
-        censored_nll(pmf, t, e, alpha_cens=-1)
+        censored_nll_metric(pmf, t, e, alpha_cens=-1)
 
 
 def test_survival_metrics_report(rng):
@@ -205,7 +205,7 @@ def test_censored_nll_metric_equals_training_loss(rng):
     nll = censored_loss(pred, torch.tensor(time), torch.tensor(event),
                         variance=loss.variance_tensor(), tmax=tmax, alpha_cens=loss.alpha_cens)
     pmf = discretised_gaussian_log_pmf(pred, loss.variance_tensor(), tmax).exp().numpy()  # what loss.pmf gives
-    assert censored_nll(pmf, time, event, alpha_cens=loss.alpha_cens) == pytest.approx(float(nll), abs=1e-6, rel=1e-6)
+    assert censored_nll_metric(pmf, time, event, alpha_cens=loss.alpha_cens) == pytest.approx(float(nll), abs=1e-6, rel=1e-6)
 
 
 def test_censored_nll_off_grid_censoring_follows_the_loss():
@@ -216,15 +216,15 @@ def test_censored_nll_off_grid_censoring_follows_the_loss():
     from survival3d.losses.functional import censored_nll_log_pmf
 
     pmf = np.full((1, 5), 0.2)
-    assert censored_nll(pmf, [2.6], [0]) == pytest.approx(-np.log(0.6), rel=1e-12)
-    assert censored_nll(pmf, [2.6], [0], alpha_cens=2.0) == pytest.approx(-2 * np.log(0.6), rel=1e-12)
-    assert censored_nll(pmf, [2.6], [1]) == pytest.approx(-np.log(0.2), rel=1e-12)
+    assert censored_nll_metric(pmf, [2.6], [0]) == pytest.approx(-np.log(0.6), rel=1e-12)
+    assert censored_nll_metric(pmf, [2.6], [0], alpha_cens=2.0) == pytest.approx(-2 * np.log(0.6), rel=1e-12)
+    assert censored_nll_metric(pmf, [2.6], [1]) == pytest.approx(-np.log(0.2), rel=1e-12)
     loss = censored_nll_log_pmf(torch.log(torch.tensor(pmf)), torch.tensor([2.6]), torch.tensor([0]))
     assert float(loss) == pytest.approx(-np.log(0.6), rel=1e-12)
     # censored at or beyond tmax: capped at tmax - 1, i.e. P(T = 5) (not log 0)
-    assert censored_nll(pmf, [7.0], [0]) == pytest.approx(-np.log(0.2), rel=1e-12)
+    assert censored_nll_metric(pmf, [7.0], [0]) == pytest.approx(-np.log(0.2), rel=1e-12)
     # no floor: zero mass where the likelihood needs it is an infinite loss
-    assert censored_nll(np.array([[1.0, 0, 0, 0, 0]]), [3.0], [1]) == np.inf
+    assert censored_nll_metric(np.array([[1.0, 0, 0, 0, 0]]), [3.0], [1]) == np.inf
 
 
 def test_aggregate_folds_ignores_missing_and_nan():

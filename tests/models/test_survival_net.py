@@ -5,7 +5,7 @@ import torch
 
 from survival3d.config import ExperimentConfig, load_config
 from survival3d.errors import ConfigError
-from survival3d.models import HEADS, MODELS, CovariateSpec, SurvivalOutput, build_model
+from survival3d.models import HEADS, CovariateSpec, SurvivalOutput, build_model
 
 SMALL = ["model.embed_dim=12", "model.depth=2", "model.num_heads=2", "model.window_size=2", "head.hidden=[8]"]
 
@@ -107,7 +107,8 @@ def test_build_model_errors():
         build_model(_cfg(), CovariateSpec(2, []))(torch.rand(1, 1, 16, 16, 16))
     with pytest.raises(ValueError, match="lung_mask"):
         build_model(_cfg())(torch.rand(1, 1, 16, 16, 16), lung_mask=torch.ones(1, 1, 8, 16, 16))
-    assert "survival3d" in MODELS
+    with pytest.raises(ConfigError, match="model.name 'unet' is not a model. Valid: survival3d"):
+        build_model(_cfg("model.name=unet"))
 
 
 def test_build_from_plain_mapping():

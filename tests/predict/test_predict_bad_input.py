@@ -12,8 +12,7 @@ from predict_helpers import PP_ARGS, TINY_RUN
 
 
 def test_a_case_that_fails_preprocessing_goes_to_failures(tiny_realct, tmp_path, rng, capsys):
-    solid = tmp_path / "solid_tissue.nii.gz"  # no air inside the body: the lung masker finds no lung
-    nib.save(nib.Nifti1Image(rng.normal(40, 5, (60, 60, 40)).astype(np.float32), np.diag([2.0, 2, 3, 1])), solid)
+    solid = tiny_realct["samples"]["dicom"]  # the raw TotalSegmentator series: upper abdomen, no lung found
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not a nifti")
     out = tmp_path / "out"
@@ -25,6 +24,7 @@ def test_a_case_that_fails_preprocessing_goes_to_failures(tiny_realct, tmp_path,
     assert rc == 1
     fails = pd.read_csv(out / "failures.csv")
     assert sorted(fails["id"]) == ["broken", "solid"]
+    assert "no lung found" in fails.set_index("id").loc["solid", "error"]
     assert all("\n" not in e for e in fails["error"])
     assert pd.read_csv(out / "predictions.csv")["id"].tolist() == ["lung2_image"]
     assert "2 failed" in capsys.readouterr().out
@@ -58,14 +58,14 @@ def test_checkpoint_of_a_different_model_config(tiny_realct, tmp_path, capsys):
     torch.save(state, bad)
     err = _run_one_line(["predict", "--model", str(bad), "--input", str(tiny_realct["samples"]["lung2"]),
                          "--out", str(tmp_path / "o")], capsys)
-    assert "different model config" in err and str(bad) in err
+    assert "does not fit the model" in err and str(bad) in err
 
 
 def test_input_preprocessed_with_another_plan_is_refused(tiny_realct, tmp_path, capsys):
     pp = tmp_path / "pp40"
     args = list(PP_ARGS)
     args[args.index("--size") + 1] = "40"
-    assert main(["preprocess", "--input", str(tiny_realct["samples"]["dicom"]), "--out", str(pp), *args]) == 0
+    assert main(["preprocess", "--input", str(tiny_realct["samples"]["dicom_lungs"]), "--out", str(pp), *args]) == 0
     capsys.readouterr()
     man = pd.read_csv(pp / "manifest.csv").assign(age=60, sex="M")
     man.to_csv(pp / "manifest.csv", index=False)

@@ -19,7 +19,7 @@ from survival3d.predict.runner import peak_world
 def predicted(tiny_realct, tmp_path_factory):
     out = tmp_path_factory.mktemp("pred")
     s = tiny_realct["samples"]
-    rc = main(["predict", "--model", str(tiny_realct["run"]), "--input", str(s["lung2"]), str(s["dicom"]),
+    rc = main(["predict", "--model", str(tiny_realct["run"]), "--input", str(s["lung2"]), str(s["dicom_lungs"]),
                "--covariates", str(tiny_realct["covariates"]), "--out", str(out), "--no-progress"])
     return {"rc": rc, "out": out}
 
@@ -40,6 +40,8 @@ def test_outputs_for_raw_nrrd_and_dicom(predicted, tiny_realct):
     assert table["id"].tolist() == ["lung2_image", "example_ct_dicom"]
     assert (table["status"] == "done").all() and (table["input_kind"] == "raw").all()
     assert not (out / "failures.csv").exists()
+    grid = torch.load(tiny_realct["run"] / "checkpoints" / "last.pt", weights_only=True)["time_grid"]
+    expected_t = np.arange(1, grid["tmax"] + 1) * grid["bin_width"]  # the grid's bins in the data's unit
     for _, row in table.iterrows():
         case = out / "cases" / row["id"]
         for f in ("prediction.json", "survival.csv", "survival.png", "heatmap.nii.gz", "heatmap_model.nii.gz",
@@ -48,7 +50,8 @@ def test_outputs_for_raw_nrrd_and_dicom(predicted, tiny_realct):
         curve = pd.read_csv(case / "survival.csv")
         pmf = curve["pmf"].to_numpy()
         t = curve["t"].to_numpy()
-        assert t.tolist() == list(range(1, 101)) and abs(pmf.sum() - 1) < 1e-9
+        np.testing.assert_allclose(t, expected_t, rtol=1e-12)
+        assert abs(pmf.sum() - 1) < 1e-9
         np.testing.assert_allclose(curve["survival"], np.clip(1 - np.cumsum(pmf), 0, 1), atol=1e-12)
         # mean / median / interval of the written pmf, recomputed independently
         assert row["mean_time"] == pytest.approx(float((t * pmf).sum()), rel=1e-9)
@@ -61,7 +64,7 @@ def test_outputs_for_raw_nrrd_and_dicom(predicted, tiny_realct):
         assert "time units" in page and "data:image/png;base64," in page
 
 
-@pytest.mark.parametrize("case, key", [("lung2_image", "lung2"), ("example_ct_dicom", "dicom")])
+@pytest.mark.parametrize("case, key", [("lung2_image", "lung2"), ("example_ct_dicom", "dicom_lungs")])
 def test_heatmap_on_the_original_grid(predicted, tiny_realct, case, key):
     src = read_ct(tiny_realct["samples"][key])
     heat = nib.load(predicted["out"] / "cases" / case / "heatmap.nii.gz")
@@ -104,6 +107,6 @@ def test_preprocessed_input_with_the_same_plan_gives_the_same_prediction(predict
 
 def test_resume_skips_finished_cases(predicted, tiny_realct, capsys):
     s = tiny_realct["samples"]
-    rc = main(["predict", "--model", str(tiny_realct["run"]), "--input", str(s["lung2"]), str(s["dicom"]),
+    rc = main(["predict", "--model", str(tiny_realct["run"]), "--input", str(s["lung2"]), str(s["dicom_lungs"]),
                "--covariates", str(tiny_realct["covariates"]), "--out", str(predicted["out"]), "--no-progress"])
     assert rc == 0 and "predicted 0 case(s), 2 already done, 0 failed" in capsys.readouterr().out

@@ -69,16 +69,57 @@ def chest_phantom(rng):
     return make_chest_phantom(rng)
 
 
+def paint_lung_bases(src: Path, dst: Path, rng: np.random.Generator) -> Path:
+    """Copy a DICOM series to ``dst`` (uncompressed) with two synthetic lung bases painted into every slice:
+    posterior ellipses of ≈ −850 HU parenchyma with small vessels, left and right of the body centre.
+
+    The TotalSegmentator series is the upper abdomen (its only lung are sub-millilitre partial-volume slivers, which
+    the classical masker rightly leaves out), so pipeline tests that need a lung mask on real DICOM use this copy."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(p for p in src.iterdir() if p.is_file()):
+        ds = pydicom.dcmread(f)
+        stored = ds.pixel_array
+        slope, inter = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        hu = stored * slope + inter
+        rows, cols = np.indices(hu.shape, dtype=float)
+        body = np.argwhere(hu > -500).mean(axis=0)
+        r0 = body[0] + 35.0 / float(ds.PixelSpacing[0])  # posterior of the body centre (rows run posterior)
+        for side in (-1, 1):
+            c0 = body[1] + side * 80.0 / float(ds.PixelSpacing[1])
+            lung = ((rows - r0) / 60.0) ** 2 + ((cols - c0) / 45.0) ** 2 <= 1
+            hu[lung] = rng.normal(-850.0, 30.0, size=int(lung.sum()))
+            for _ in range(12):  # vessels: small dense discs inside
+                vr, vc = r0 + rng.uniform(-40, 40), c0 + rng.uniform(-28, 28)
+                hu[((rows - vr) ** 2 + (cols - vc) ** 2 <= 3.0**2) & lung] = 40.0
+        ds.decompress()
+        new = np.clip(np.rint((hu - inter) / slope), np.iinfo(stored.dtype).min, np.iinfo(stored.dtype).max)
+        ds.PixelData = new.astype(stored.dtype).tobytes()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.save_as(dst / f.name, enforce_file_format=True)
+    return dst
+
+
 @pytest.fixture(scope="session")
-def synthetic_osic(ct_samples, tmp_path_factory) -> dict[str, Path]:
-    """An OSIC tree (3 patients, each a copy of the real DICOM series under shuffled names) with train.csv and
-    survival.csv. Read-only for tests: copy it before modifying."""
+def dicom_with_lungs(ct_samples, tmp_path_factory) -> Path:
+    """The real DICOM series (upper abdomen) with two synthetic lung bases painted in (:func:`paint_lung_bases`).
+    Read-only for tests."""
+    return paint_lung_bases(ct_samples["dicom"], tmp_path_factory.mktemp("dicom_lungs") / "series",
+                            np.random.default_rng(14))  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def synthetic_osic(dicom_with_lungs, tmp_path_factory) -> dict[str, Path]:
+    """An OSIC tree (3 patients, each a copy of the real DICOM series with painted lung bases, under shuffled names)
+    with train.csv and survival.csv. Read-only for tests: copy it before modifying."""
     root = tmp_path_factory.mktemp("osic")
-    return build_synthetic_osic(root, ct_samples["dicom"], n_patients=3, rng=np.random.default_rng())
+    return build_synthetic_osic(root, dicom_with_lungs, n_patients=3, rng=np.random.default_rng())
 
 
-# The TotalSegmentator series shows the upper abdomen with lung bases only (a few mL of lung): OSIC runs on it
-# accept any non-empty mask; lung1/lung2 are checked with the default volume range.
+# The TotalSegmentator series shows the upper abdomen (sub-mL lung-base slivers only): OSIC runs use the copy with
+# painted lung bases (a few hundred mL) and accept any non-empty mask; lung1/lung2 use the default volume range.
 OSIC_FAST_ARGS = ["--size", "48", "--spacing", "3", "--no-volume-check", "--lung-mask", "classical"]
 
 

@@ -65,8 +65,10 @@ def test_masker_registry_and_arguments():
     assert set(MASKERS.keys()) == {"classical", "lungmask"}
     with pytest.raises(ValueError, match="core_radius_mm"):
         ClassicalLungMasker(core_radius_mm=0)
-    with pytest.raises(ValueError, match="min_second_fraction"):
-        ClassicalLungMasker(min_second_fraction=1.5)
+    with pytest.raises(ValueError, match="max_gas_fraction"):
+        ClassicalLungMasker(max_gas_fraction=1.5)
+    with pytest.raises(TypeError):
+        ClassicalLungMasker(min_second_fraction=0.15)  # the "keep two components" rule is gone
     with pytest.raises(ConfigError, match="Did you mean 'classical'"):
         resolve_masker_spec("clasical")
 

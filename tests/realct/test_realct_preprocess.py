@@ -1,6 +1,7 @@
 """`run.py preprocess` on single real inputs: image + lung mask + manifest + QC, correct affine, resume, caching."""
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -102,11 +103,13 @@ def test_resume_skips_and_settings_change_redoes(lung1_run, ct_samples):
     assert (out / "lung_masks" / "lung1.nii.gz").is_file()
 
 
-def test_dicom_series_end_to_end(ct_samples, tmp_path):
+def test_dicom_series_end_to_end(dicom_with_lungs, tmp_path):
     surv = tmp_path / "surv.csv"
     pd.DataFrame({"id": ["example_ct_dicom"], "time": [12.0], "event": [0]}).to_csv(surv, index=False)
     out = tmp_path / "out"
-    rc = main(["preprocess", "--input", str(ct_samples["dicom"]), "--survival", str(surv), "--out", str(out),
+    series = tmp_path / "example_ct_dicom"
+    shutil.copytree(dicom_with_lungs, series)  # the real series has no lung to mask: painted lung bases
+    rc = main(["preprocess", "--input", str(series), "--survival", str(surv), "--out", str(out),
                "--size", "64", "--spacing", "3", "--lung-volume-range", "0.001", "10",
                "--lung-mask", "classical"])  # fmt: skip
     assert rc == 0

@@ -3,6 +3,7 @@
 from survival3d.models.blocks.film import CovariateEmbedding, FiLM, embedding_dim_for
 from survival3d.models.blocks.patch_embed import Conv3dPatchEmbed, LayerNormChannels3d, sincos_pos_embed_3d
 from survival3d.models.blocks.transformer import WindowTransformerBlock3D
+from survival3d.models.blocks.vq import VectorQuantizer
 from survival3d.models.blocks.window_attention import (
     MAX_WINDOWS_PER_CALL,
     WindowAttention3D,
@@ -18,6 +19,7 @@ __all__ = [
     "FiLM",
     "LayerNormChannels3d",
     "MAX_WINDOWS_PER_CALL",
+    "VectorQuantizer",
     "WindowAttention3D",
     "WindowTransformerBlock3D",
     "effective_window",
