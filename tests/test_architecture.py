@@ -155,7 +155,9 @@ def test_contracts_is_a_leaf():
         ("data", ("models", "losses", "engine", "explain", "cli")),
         ("models", ("data", "engine", "explain", "cli")),
         ("losses", ("engine", "explain", "cli", "data")),
-        ("engine", ("cli", "glsa", "flex")),  # the sibling tasks build on the engine, not the other way
+        ("engine", ("cli", "glsa", "flex", "predict")),  # the sibling tasks build on the engine, not the other way
+        ("explain", ("cli", "predict")),
+        ("predict", ("cli",)),
     ],
 )
 def test_layers(layer, forbidden):

@@ -36,6 +36,8 @@ _COMMAND_MODULES = (
     "evaluate",
     "explain",
     "preprocess",
+    "predict",
+    "export",
     "bench",
     "glsa",
     "flex",

@@ -55,10 +55,10 @@ def load_cases(checkpoint: Path, manifest: Path, max_cases: int | None):
     from survival3d.explain.pipeline import Case
 
     trained = load_trained(checkpoint)
-    table = read_manifest(manifest)
+    table = read_manifest(manifest, require_outcome=False)  # heatmaps need no survival times
     ids = table["id"].astype(str).tolist()[:max_cases]
     sources = dict(zip(table["id"].astype(str), table["image"]))
-    dataset = trained.dataset(manifest, ids=ids)
+    dataset = trained.dataset(manifest, ids=ids, require_outcome=False)
 
     def cases() -> Iterator[Case]:
         loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_cases)

@@ -57,6 +57,7 @@ class DataConfig:
     spatial: str = "resize"  # resize (interpolate to image_size) | pad_crop (keep voxel size, centre pad/crop)
     intensity_window: list[float] = field(default_factory=lambda: [-1024.0, 150.0])  # HU window → [0, 1]
     val_frac: float = 0.25  # when cv.folds == 1
+    splits: Optional[str] = None  # CSV id,fold (data_prep/make_splits.py): use these patient-level folds
     augment: bool = True  # random flips + small affine on the training set
     flip_prob: float = 0.5  # per axis
     affine_prob: float = 0.3

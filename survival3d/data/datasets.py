@@ -77,7 +77,7 @@ class Cases:
 
     @property
     def events(self) -> list[int]:
-        return [int(r["event"]) for r in self.records]
+        return [int(r["event"]) for r in self.records]  # training data: read_manifest checked every event
 
     @property
     def has_expected_time(self) -> bool:
@@ -128,11 +128,14 @@ def dummy_cases(dummy_cfg, *, generate_case: Callable | None = None) -> Cases:
     return Cases(records, mask_keys=mask_keys, load=False, source=f"dummy level {d.level} (n={d.n}, seed={d.seed})")
 
 
-def manifest_cases(path: str, *, group_column: str | None = None) -> Cases:
-    """Read a manifest (validated by :func:`survival3d.data.manifest.read_manifest`) into cases."""
+def manifest_cases(path: str, *, group_column: str | None = None, require_outcome: bool = True) -> Cases:
+    """Read a manifest (validated by :func:`survival3d.data.manifest.read_manifest`) into cases.
+
+    ``require_outcome=False`` (explain, predict): ``time``/``event`` may be missing or blank (NaN in the batch).
+    """
     from survival3d.data.manifest import read_manifest  # owned by the manifest module
 
-    df = read_manifest(path)
+    df = read_manifest(path, require_outcome=require_outcome)
     mask_keys = []
     for key in MASK_KEYS:
         if key not in df.columns:

@@ -68,13 +68,16 @@ def _numeric(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     return values
 
 
-def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> pd.DataFrame:
+def read_manifest(path: str | os.PathLike, *, check_files: bool = True, require_outcome: bool = True) -> pd.DataFrame:
     """Read and validate a manifest CSV.
 
     Args:
         path: the CSV file.
         check_files: check that every referenced file exists (disable only for manifests of files that are
             generated later).
+        require_outcome: ``time`` and ``event`` must be given for every row (training, ``evaluate``). ``False``
+            (``explain``, ``predict``): the columns may be missing or blank (NaN); values that are given are still
+            validated.
 
     Returns:
         A DataFrame with ``id`` as ``str``, ``time`` as float, ``event`` as int (0/1), ``expected_time`` as float
@@ -94,6 +97,10 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> pd.Da
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise InputError(f"not a readable CSV file ({e}).", path=path) from e
     df.columns = [str(c).strip() for c in df.columns]
+    if not require_outcome:
+        for c in ("time", "event"):
+            if c not in df.columns:
+                df[c] = np.nan
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(
@@ -115,7 +122,8 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> pd.Da
         raise InputError(f"duplicate id(s) {names} at {_rows(df, dup)}.", path=path, field="id")
 
     time = _numeric(df, "time", path)
-    bad = ~np.isfinite(time.to_numpy(dtype=float))
+    given = np.ones(len(df), dtype=bool) if require_outcome else time.notna().to_numpy()
+    bad = ~np.isfinite(time.to_numpy(dtype=float)) & given
     if bad.any():
         raise InputError(f"missing (NaN) or infinite time at {_rows(df, bad)}.", path=path, field="time")
     bad = time.to_numpy(dtype=float) < 0
@@ -124,7 +132,7 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> pd.Da
     df["time"] = time.astype(float)
 
     event = _numeric(df, "event", path)
-    bad = ~event.isin([0, 1]).to_numpy()
+    bad = ~event.isin([0, 1]).to_numpy() & (True if require_outcome else event.notna().to_numpy())
     if bad.any():
         raise InputError(
             f"event must be 0 (censored) or 1 (death observed); got {sorted(set(df.loc[bad, 'event'].astype(str)))} "
@@ -132,7 +140,7 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> pd.Da
             path=path,
             field="event",
         )
-    df["event"] = event.astype(int)
+    df["event"] = event.astype(int) if require_outcome else event.astype(float)
 
     if "expected_time" in df.columns:
         et = _numeric(df, "expected_time", path)

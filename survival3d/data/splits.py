@@ -17,7 +17,7 @@ import pandas as pd
 from survival3d.errors import ConfigError, InputError
 from survival3d.io import atomic_path
 
-__all__ = ["train_val_split", "kfold_splits", "patient_kfold", "write_splits"]
+__all__ = ["train_val_split", "kfold_splits", "patient_kfold", "write_splits", "read_splits"]
 
 
 def _patients(ids: Sequence[str], events: Sequence[int], groups: Sequence[str] | None):
@@ -154,3 +154,45 @@ def write_splits(splits: pd.DataFrame, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         splits.to_csv(tmp, index=False)
     return path
+
+
+def read_splits(path: str | Path, ids: Sequence[str]) -> dict[str, int]:
+    """Read a splits CSV (``id,fold``, as :func:`patient_kfold` / ``data_prep/make_splits.py`` write it) for the cases
+    ``ids``: ``{id: fold}`` with folds numbered 0 … k − 1.
+
+    Raises:
+        InputError: missing file or column, blank/non-integer folds, folds not numbered 0 … k − 1, duplicate ids, ids
+            that are not cases of the data, or cases the file does not list (naming the file, the column and ids).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("splits file not found.", path=path, field="data.splits")
+    try:
+        df = pd.read_csv(path, dtype={"id": str}, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InputError(f"not a readable CSV file ({e}).", path=path) from None
+    for col in ("id", "fold"):
+        if col not in df.columns:
+            raise InputError(f"missing column {col!r} (columns: {list(df.columns)}).", path=path, field=col)
+    df["id"] = df["id"].astype(str).str.strip()
+    dup = sorted(set(df.loc[df["id"].duplicated(), "id"]))
+    if dup:
+        raise InputError(f"duplicate id(s) {dup[:5]}: every case belongs to one fold.", path=path, field="id")
+    fold = pd.to_numeric(df["fold"], errors="coerce")
+    bad = fold.isna() | (fold != fold.round())
+    if bad.any():
+        raise InputError(f"non-integer fold for id(s) {df.loc[bad, 'id'].tolist()[:5]}.", path=path, field="fold")
+    fold = fold.astype(int)
+    k = int(fold.max()) + 1
+    if sorted(set(fold)) != list(range(k)):
+        raise InputError(f"folds must be numbered 0 … k-1, got {sorted(set(fold))}.", path=path, field="fold")
+    known = {str(i) for i in ids}
+    unknown = [i for i in df["id"] if i not in known]
+    if unknown:
+        raise InputError(f"{len(unknown)} id(s) are not cases of the data, e.g. {unknown[:5]}.", path=path, field="id")
+    listed = set(df["id"])
+    absent = [str(i) for i in ids if str(i) not in listed]
+    if absent:
+        raise InputError(f"{len(absent)} case(s) of the data are not in the splits file, e.g. {absent[:5]}.",
+                         path=path, field="id")
+    return dict(zip(df["id"], fold.tolist()))

@@ -231,19 +231,20 @@ class TrainedModel:
     def split(self) -> dict[str, list[str]]:
         return self.checkpoint.get("split", {})
 
-    def dataset(self, manifest: str | os.PathLike | None = None, ids=None):
+    def dataset(self, manifest: str | os.PathLike | None = None, ids=None, *, require_outcome: bool = True):
         """Validation-style dataset (no augmentation, the run's transforms and encoder).
 
         Args:
             manifest: cases to predict (a manifest CSV); ``None`` = the run's own data (``cfg.data``).
             ids: restrict to these ids (e.g. ``self.split["val"]``); ``None`` = all cases.
+            require_outcome: ``False`` accepts a manifest without time/event (explain, predict).
         """
         from survival3d.data.datasets import build_dataset, load_cases, manifest_cases
 
         if manifest is None:
             cases = load_cases(self.cfg.data, generate_case=getattr(self, "_generate_case", None))
         else:
-            cases = manifest_cases(str(manifest))
+            cases = manifest_cases(str(manifest), require_outcome=require_outcome)
         return build_dataset(cases, cases.ids if ids is None else ids, self.covariate_encoder, self.cfg.data, train=False)
 
     def predict(self, dataset_or_loader, *, batch_size: int | None = None) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from typing import Any
 
 from survival3d.config import save_config
 from survival3d.data.datasets import load_cases
-from survival3d.data.splits import kfold_splits, train_val_split
+from survival3d.data.splits import kfold_splits, read_splits, train_val_split
 from survival3d.engine.components import Components
 from survival3d.engine.distributed import DistInfo, init_distributed
 from survival3d.engine.survival_task import check_train_config, train_split
@@ -38,8 +38,38 @@ def run_dir_of(cfg) -> Path:
     return Path(cfg.out_dir) / cfg.name
 
 
+def _file_splits(cfg, cases) -> list[dict[str, list[str]]]:
+    """The folds of ``data.splits``: all of them when ``cv.folds`` is their number, one (``cv.fold``, default 0) as
+    validation when ``cv.folds = 1``."""
+    fold_of = read_splits(cfg.data.splits, cases.ids)
+    k = max(fold_of.values()) + 1
+    folds = int(cfg.cv.folds)
+    if cases.groups is not None:  # patient-level: the scans of one patient share a fold
+        seen: dict[str, int] = {}
+        for cid, g in zip(cases.ids, cases.groups):
+            if seen.setdefault(g, fold_of[cid]) != fold_of[cid]:
+                raise InputError(f"patient {g!r} ({cfg.cv.group_column}) has scans in folds {seen[g]} and "
+                                 f"{fold_of[cid]}.", path=cfg.data.splits, field="fold")
+    order = cases.ids
+
+    def split(k_val: int) -> dict[str, list[str]]:
+        return {"train": [i for i in order if fold_of[i] != k_val], "val": [i for i in order if fold_of[i] == k_val]}
+
+    if folds == k:
+        return [split(j) for j in range(k)]
+    if folds == 1:
+        val = 0 if cfg.cv.fold is None else int(cfg.cv.fold)
+        if not 0 <= val < k:
+            raise ConfigError(f"cv.fold must be in [0, {k - 1}] for the {k} folds of {cfg.data.splits}, got {val}.")
+        return [split(val)]
+    raise ConfigError(f"data.splits {cfg.data.splits} has {k} folds but cv.folds={folds}: set cv.folds={k} (every "
+                      f"fold) or cv.folds=1 (one fold, cv.fold, as validation).")
+
+
 def make_splits(cfg, cases) -> list[dict[str, list[str]]]:
-    """The patient-level split(s) the config asks for."""
+    """The patient-level split(s) the config asks for (``data.splits``: the folds of that file)."""
+    if cfg.data.splits:
+        return _file_splits(cfg, cases)
     folds = int(cfg.cv.folds)
     kw = dict(seed=int(cfg.cv.seed), groups=cases.groups, stratify=bool(cfg.cv.stratify))
     try:
@@ -215,6 +245,11 @@ def _run(cfg, run_dir: Path, resume: bool, components: Components, callbacks, in
                        group_column=cfg.cv.group_column)
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")
+        from survival3d.data.plan import cases_plan
+
+        plan = cases_plan(cases.records, source=cases.source)
+        if plan is not None:  # the preprocessing `run.py predict` applies to raw CTs (also in every checkpoint)
+            _json_write(plan, run_dir / "plan.json")
     splits = _splits_for_run(cfg, cases, run_dir, resume, info)
     folds = int(cfg.cv.folds)
     if folds == 1:

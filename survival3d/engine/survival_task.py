@@ -135,6 +135,9 @@ class SurvivalTask(Task):
         check_finetune_config(cfg)
         # a frozen-encoder warm-up leaves the encoder without gradients: DDP must know
         self.ddp_find_unused = bool(cfg.train.ddp_find_unused) or int(cfg.train.freeze_encoder_epochs) > 0
+        from survival3d.data.plan import cases_plan
+
+        self.plan = cases_plan(cases.records, source=cases.source)  # the preprocessing predict must apply
         if not self.split["train"] or not self.split["val"]:
             raise ConfigError(f"empty split: {len(self.split['train'])} training and {len(self.split['val'])} validation cases.")
 
@@ -213,7 +216,8 @@ class SurvivalTask(Task):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {"covariate_encoder": self.encoder.state_dict(), "config": OmegaConf.to_container(self.cfg, resolve=True),
-                "split": self.split, "time_grid": self.time_grid.state_dict()}
+                "split": self.split, "time_grid": self.time_grid.state_dict(), "preprocessing": self.plan,
+                "model_inputs": {"lung_mask": "lung_mask" in self.cases.mask_keys}}
 
     def weights(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "loss": self.loss_fn.state_dict()}
