@@ -103,6 +103,7 @@ class ModelConfig:
     global_residual: bool = True  # residual link around the whole transformer
     use_checkpoint: bool = False  # activation checkpointing per block (large volumes)
     max_windows_per_call: int = 32768  # windows per SDPA call (bigger calls failed in cuDNN at 256^3)
+    attention: Any = "none"  # local attention in every block: none | se | cbam | featureact, or {name: se, reduction: 8}
 
 
 @dataclass
