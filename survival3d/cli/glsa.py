@@ -92,7 +92,7 @@ class GLSAActivations:
         from survival3d.errors import InputError
         from survival3d.glsa.activations import save_activation_figure
         from survival3d.glsa.data import build_dataset
-        from survival3d.glsa.trainer import _spec_label, load_classifier
+        from survival3d.glsa.trainer import _plain, load_classifier
 
         if args.images < 1:
             raise InputError("--images must be >= 1.", field="--images")
@@ -100,6 +100,8 @@ class GLSAActivations:
         if not hasattr(model, "stage_activations"):
             raise InputError(f"backbone {cfg.model.backbone} has no per-stage activations; this figure is for "
                              "model.backbone=baseline_featureact.", path=args.model, field="model.backbone")
+        spec = _plain(cfg.model.attention)
+        attention = spec if isinstance(spec, str) else ", ".join(f"{k}={v}" for k, v in spec.items())
         d = cfg.data
         data = build_dataset(d.name, root=d.root, image_size=d.image_size, val_frac=d.val_frac,
                              split_seed=d.split_seed, augment=False, max_samples=d.max_samples,
@@ -110,6 +112,7 @@ class GLSAActivations:
                 pred = int(model(image[None]).argmax(1))
             path = save_activation_figure(
                 model, image, Path(args.out) / f"activations_{i}.png", mean=data.mean, std=data.std,
-                title=f"{cfg.model.backbone} + {_spec_label(cfg.model.attention)}: validation image {i}, true {class_names[int(label)]}, predicted {class_names[pred]}")
+                title=f"{cfg.model.backbone} + {attention}: validation image {i}, true {class_names[int(label)]}, "
+                      f"predicted {class_names[pred]}")
             print(path)
         return 0
