@@ -68,3 +68,51 @@ class GLSAExperiments:
             print(f"{len(failed)} run(s) failed (rerun the same command to retry): {', '.join(failed)}")
             return 1
         return 0
+
+
+@COMMANDS.register("glsa-activations")
+class GLSAActivations:
+    help = "draw per-stage activation maps (input, features, cor_feature, output) of a baseline_featureact run"
+    description = (
+        "Reload a trained 2D classifier (a glsa-train run folder or its best.pt; backbone baseline_featureact) and "
+        "write one PNG per validation image to --out: a row per stage with the channel-mean maps of the pooled "
+        "features, FeatureAct's cor_feature and the output, each with a colourbar."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--model", required=True, help="run folder with best.pt (or the checkpoint file)")
+        parser.add_argument("--out", required=True, help="output folder for activations_<i>.png")
+        parser.add_argument("--images", type=int, default=2, help="validation images to draw (default: %(default)s)")
+
+    def run(self, args) -> int:
+        from pathlib import Path
+
+        import torch
+
+        from survival3d.errors import InputError
+        from survival3d.glsa.activations import save_activation_figure
+        from survival3d.glsa.data import build_dataset
+        from survival3d.glsa.trainer import _plain, load_classifier
+
+        if args.images < 1:
+            raise InputError("--images must be >= 1.", field="--images")
+        model, class_names, cfg = load_classifier(args.model)
+        if not hasattr(model, "stage_activations"):
+            raise InputError(f"backbone {cfg.model.backbone} has no per-stage activations; this figure is for "
+                             "model.backbone=baseline_featureact.", path=args.model, field="model.backbone")
+        spec = _plain(cfg.model.attention)
+        attention = spec if isinstance(spec, str) else ", ".join(f"{k}={v}" for k, v in spec.items())
+        d = cfg.data
+        data = build_dataset(d.name, root=d.root, image_size=d.image_size, val_frac=d.val_frac,
+                             split_seed=d.split_seed, augment=False, max_samples=d.max_samples,
+                             official_val=d.official_val)
+        for i in range(min(args.images, len(data.val))):
+            image, label = data.val[i]
+            with torch.no_grad():
+                pred = int(model(image[None]).argmax(1))
+            path = save_activation_figure(
+                model, image, Path(args.out) / f"activations_{i}.png", mean=data.mean, std=data.std,
+                title=f"{cfg.model.backbone} + {attention}: validation image {i}, true {class_names[int(label)]}, "
+                      f"predicted {class_names[pred]}")
+            print(path)
+        return 0

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from monai.networks.blocks import Convolution
-from monai.networks.layers import Conv, Pool
+from monai.networks.layers import Conv
 from torch import nn
 
-__all__ = ["ConvStack", "SpatialAttentionBlock", "CompactUNet3d", "PatchTransformer", "INTERP_MODE"]
+__all__ = ["ConvStack", "SpatialAttentionBlock", "PatchTransformer", "INTERP_MODE"]
 
 INTERP_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -56,48 +56,6 @@ class SpatialAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         desc = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return x * torch.sigmoid(self.conv(desc))
-
-
-class CompactUNet3d(nn.Module):
-    """A small 3D U-Net for volumes of any size (ceil-mode pooling, decoder upsampled to the skip's size).
-
-    Args:
-        in_channels / out_channels: channel counts.
-        features: widths per level, e.g. ``(8, 16)`` = one down-sampling step; the last is the bottleneck.
-    """
-
-    def __init__(self, in_channels: int = 2, out_channels: int = 1, *, features: tuple[int, ...] = (8, 16)):
-        super().__init__()
-        features = tuple(int(f) for f in features)
-        if len(features) < 2 or min(features) < 1:
-            raise ValueError(f"features needs >= 2 positive widths (encoder levels + bottleneck), got {features}.")
-
-        def block(cin: int, cout: int) -> nn.Module:
-            return Convolution(3, cin, cout, kernel_size=3, act="relu", norm="batch")
-
-        self.encoders = nn.ModuleList()
-        c = in_channels
-        for f in features[:-1]:
-            self.encoders.append(block(c, f))
-            c = f
-        self.pool = Pool[Pool.MAX, 3](2, ceil_mode=True)
-        self.bottleneck = block(c, features[-1])
-        self.decoders = nn.ModuleList(
-            block(up + skip, skip) for up, skip in zip(features[:0:-1], features[-2::-1])
-        )
-        self.out = Conv[Conv.CONV, 3](features[0], out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for enc in self.encoders:
-            x = enc(x)
-            skips.append(x)
-            x = self.pool(x)
-        x = self.bottleneck(x)
-        for dec, skip in zip(self.decoders, reversed(skips)):
-            x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
-            x = dec(torch.cat([x, skip], dim=1))
-        return self.out(x)
 
 
 class PatchTransformer(nn.Module):

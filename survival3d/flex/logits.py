@@ -5,8 +5,8 @@ as ``LOGITS.build(spec, channels=c, spatial_dims=d)`` and called as ``method(con
 ``(b, c, *spatial)``; it returns logits of the same shape (or broadcastable to it). Positive logits favour the
 convolution branch once a masking function (:mod:`survival3d.flex.masking`) turns them into a mask.
 
-``supported_dims`` says which FlexLayer dimensionalities a method supports (``unet`` needs the channel axis as an
-extra spatial axis, so it exists for 2D FlexLayers only). ``joint = True`` marks a mechanism that fixes the mask
+``supported_dims`` says which FlexLayer dimensionalities a method supports (all support 2D and 3D; ``unet`` makes
+the channel axis an extra spatial axis, so in 3D it runs per depth slice). ``joint = True`` marks a mechanism that fixes the mask
 itself (``channelwise_maxpool``): FlexLayer then ignores its masking function and uses the hard step ``1[z ≥ 0]``.
 """
 
@@ -18,7 +18,7 @@ from einops import rearrange
 from monai.networks.layers import Conv
 from torch import nn
 
-from survival3d.flex.blocks import CompactUNet3d, ConvStack, PatchTransformer, SpatialAttentionBlock
+from survival3d.flex.blocks import ConvStack, PatchTransformer, SpatialAttentionBlock
 from survival3d.registry import Registry
 
 __all__ = ["LOGITS", "LogitsMethod"]
@@ -153,18 +153,46 @@ class SpatialAttentionWeightedSum(_TwoBranch):
 
 @LOGITS.register("unet")
 class UNetLogits(LogitsMethod):
-    """Conv and pool stacked as a 2-channel 3D volume (feature channels as depth) through a small 3D U-Net →
-    logits ``(b, 1, c, h, w)``, read back as ``(b, c, h, w)``. 2D FlexLayers only (3D would need a 4D U-Net)."""
+    """The research notes' U-Net method: conv and pool stacked as a 2-channel **3D** volume whose depth axis is the
+    feature-channel axis, through MONAI's 3D :class:`monai.networks.nets.UNet` → ``(b, 1, c, h, w)`` → logits.
 
-    supported_dims = (2,)
+    ``features`` are the U-Net's widths per level (the last is the bottleneck; one stride-2 down-sampling between
+    levels); the volume is zero-padded to a multiple of ``2^(levels−1)`` on each axis and the output cropped back,
+    so any channel count and map size works. ``num_res_units`` > 0 uses MONAI's residual units.
 
-    def __init__(self, channels: int, spatial_dims: int = 2, *, features: tuple[int, ...] = (8, 16)):
+    For a 3D FlexLayer the channel-as-depth volume would be 4D; there the U-Net runs on every depth slice
+    separately (the FlexLayer's depth axis folded into the batch): ``(b·d, 2, c, h, w)``. Mixing across depth
+    then comes only from the convolution branch itself, not from the logits method.
+    """
+
+    def __init__(self, channels: int, spatial_dims: int = 2, *, features: tuple[int, ...] = (8, 16),
+                 num_res_units: int = 0):
         super().__init__(channels, spatial_dims)
-        self.unet = CompactUNet3d(2, 1, features=tuple(features))
+        from monai.networks.nets import UNet
+
+        features = tuple(int(f) for f in features)
+        if len(features) < 2 or min(features) < 1:
+            raise ValueError(f"features needs >= 2 positive widths (encoder levels + bottleneck), got {features}.")
+        if num_res_units < 0:
+            raise ValueError(f"num_res_units must be >= 0, got {num_res_units}.")
+        self.multiple = 2 ** (len(features) - 1)
+        self.unet = UNet(spatial_dims=3, in_channels=2, out_channels=1, channels=features,
+                         strides=(2,) * (len(features) - 1), num_res_units=num_res_units, norm="batch")
+
+    def _run(self, volume: torch.Tensor) -> torch.Tensor:
+        size = volume.shape[2:]
+        extra = [(-s) % self.multiple for s in size]
+        if any(extra):
+            volume = F.pad(volume, [p for e in reversed(extra) for p in (0, e)])
+        out = self.unet(volume)[:, 0]
+        return out[(..., *(slice(0, s) for s in size))]
 
     def forward(self, conv: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
-        volume = torch.stack([conv, pool], dim=1)  # (b, 2, d=c, h, w)
-        return self.unet(volume)[:, 0]
+        if self.spatial_dims == 2:
+            return self._run(torch.stack([conv, pool], dim=1))  # (b, 2, depth=c, h, w)
+        b, d = conv.shape[0], conv.shape[2]
+        volume = rearrange(torch.stack([conv, pool], dim=1), "b two c d h w -> (b d) two c h w")
+        return rearrange(self._run(volume), "(b d) c h w -> b c d h w", b=b, d=d)
 
 
 class _Tokens(LogitsMethod):

@@ -26,9 +26,10 @@ from torchvision.models import resnet
 
 from survival3d.errors import ConfigError, InputError
 from survival3d.glsa.block import GLSABlock
+from survival3d.glsa.featureact_net import BaselineFeatureAct
 from survival3d.registry import Registry
 
-__all__ = ["BACKBONES", "GLSANet", "create_model", "pretrained_weights_path"]
+__all__ = ["BACKBONES", "BaselineFeatureAct", "GLSANet", "create_model", "pretrained_weights_path"]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,10 @@ class GLSANet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.after(self.glsa(self.before(x)))
 
+    def gradcam_layer(self) -> nn.Module:
+        """The layer Grad-CAM is computed on (the GLSA block)."""
+        return self.glsa
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.pool(self.forward_features(x)), 1))
 
@@ -222,6 +227,40 @@ for _depth in (11, 13, 16, 19):
         BACKBONES.register(f"vgg{_depth}{_suffix}", partial(_build, "vgg", f"vgg{_depth}{_suffix}"))
 
 
+def _build_featureact(
+    pretrained: bool = False,
+    num_classes: int = 7,
+    attn_type: Any = "featureact",
+    fusion_strategy: Any = "original",
+    residual_strategy: Any = "original",
+    *,
+    input_size: int = 224,
+    widths: Any = (32, 64, 128, 256),
+    convs_per_stage: int = 2,
+    hidden: Any = (256, 128),
+    embeddings: bool = False,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    **_glsa_only: Any,
+) -> BaselineFeatureAct:
+    """``baseline_featureact``: :class:`BaselineFeatureAct` with ``attn_type`` after every pooling stage (a FeatureAct
+    spec gets ``reduction`` 4 unless it sets one). It has no GLSA block: ``num_heads``, ``glsa_stage``, ``width`` and
+    ``weights_path`` do not apply."""
+    if pretrained:
+        raise ConfigError("baseline_featureact has no pretrained weights; use model.pretrained=false.")
+    for key, spec in (("fusion", fusion_strategy), ("residual", residual_strategy)):
+        if (spec if isinstance(spec, str) else dict(spec).get("name")) != "original":
+            raise ConfigError(f"model.{key}: baseline_featureact has no GLSA block; leave it 'original'.")
+    if isinstance(attn_type, str) and attn_type.lower() == "featureact":
+        attn_type = {"name": "featureact", "reduction": 4}
+    return BaselineFeatureAct(num_classes, in_channels=in_channels, input_size=input_size, widths=widths,
+                              convs_per_stage=convs_per_stage, attention=attn_type, hidden=hidden,
+                              embeddings=embeddings, dropout=dropout)
+
+
+BACKBONES.register("baseline_featureact", _build_featureact)
+
+
 def create_model(
     backbone_name: str,
     pretrained: bool = False,
@@ -234,7 +273,9 @@ def create_model(
     """Build a backbone from :data:`BACKBONES` with a GLSA block.
 
     Args:
-        backbone_name: ``resnet18/34/50/101/152``, ``vgg11/13/16/19`` or their ``_bn`` variants.
+        backbone_name: ``resnet18/34/50/101/152``, ``vgg11/13/16/19`` or their ``_bn`` variants, or
+            ``baseline_featureact`` (the FeatureAct notes' CNN, :class:`BaselineFeatureAct`: ``attn_type`` after
+            every pooling stage, no GLSA block; kwargs ``widths``, ``convs_per_stage``, ``hidden``, ``embeddings``).
         pretrained: load ImageNet weights (from ``weights_path`` or the torch hub cache; never downloaded).
         num_classes: outputs of the new last linear layer.
         attn_type, fusion_strategy, residual_strategy: names (or spec mappings) in ``ATTENTION``, ``FUSION``,

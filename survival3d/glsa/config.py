@@ -36,6 +36,10 @@ class GLSAModelConfig:
     glsa_stage: int = -1  # insert the GLSA block after this stage (1-based; -1 = last)
     dropout: float = 0.0
     width: int = 64  # ResNet first-stage width (64 = torchvision's network; narrower for CPU smoke runs)
+    # baseline_featureact only (model.attention goes after every pooling stage):
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # channels per stage
+    convs_per_stage: int = 2  # conv-BN-ReLU layers per stage
+    hidden: list[int] = field(default_factory=lambda: [256, 128])  # BN-MLP classifier hidden widths
 
 
 @dataclass

@@ -173,7 +173,7 @@ def save_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path, ti
     plt.close(fig)
 
 
-def save_gradcam(model: GLSANet, data: SplitData, device: torch.device, n: int, path: Path, seed: int) -> None:
+def save_gradcam(model: nn.Module, data: SplitData, device: torch.device, n: int, path: Path, seed: int) -> None:
     """Grad-CAM (Selvaraju et al., ICCV 2017) on the GLSA block's output for ``n`` validation images."""
     import matplotlib
 
@@ -196,7 +196,7 @@ def save_gradcam(model: GLSANet, data: SplitData, device: torch.device, n: int, 
     model.eval()
     with torch.no_grad():
         pred = model(x).argmax(1).tolist()
-    with GradCAM(model=model, target_layers=[model.glsa]) as cam:
+    with GradCAM(model=model, target_layers=[model.gradcam_layer()]) as cam:
         maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(p) for p in pred])
     mean = torch.tensor(data.mean).view(3, 1, 1)
     std = torch.tensor(data.std).view(3, 1, 1)
@@ -210,7 +210,8 @@ def save_gradcam(model: GLSANet, data: SplitData, device: torch.device, n: int, 
         for ax in axes[:, j]:
             ax.axis("off")
     acc = float(np.mean(np.asarray(pred) == np.asarray(labels)))
-    fig.suptitle(f"Grad-CAM on the GLSA block output ({n} validation images, {acc:.0%} correct)", fontsize=9)
+    where = "the GLSA block output" if isinstance(model, GLSANet) else "the last attention output"
+    fig.suptitle(f"Grad-CAM on {where} ({n} validation images, {acc:.0%} correct)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.9, 1))
     from matplotlib.cm import ScalarMappable
 
@@ -263,11 +264,12 @@ class GLSATask(Task):
         self.module = create_model(
             m.backbone, m.pretrained, data.num_classes, _plain(m.attention), _plain(m.fusion), _plain(m.residual),
             num_heads=m.num_heads, glsa_stage=m.glsa_stage, input_size=d.image_size, weights_path=m.weights_path,
-            dropout=m.dropout, width=m.width,
+            dropout=m.dropout, width=m.width, **_featureact_options(m),
         ).to(device)
         self.params = self.module.count_parameters()
-        log.info("%s + GLSA after stage %d: %s", m.backbone, self.module.glsa_stage,
-                 ", ".join(f"{k}={v:,}" for k, v in self.params.items()))
+        where = (f"GLSA after stage {self.module.glsa_stage}" if isinstance(self.module, GLSANet)
+                 else f"{_spec_label(m.attention)} after every stage")
+        log.info("%s + %s: %s", m.backbone, where, ", ".join(f"{k}={v:,}" for k, v in self.params.items()))
         self.loss_fn = build_loss(**OmegaConf.to_container(cfg.loss, resolve=True), class_counts=counts).to(device)
         log.info("loss %s (%s)", cfg.loss.name, self.loss_fn)
 
@@ -358,7 +360,7 @@ def _train(cfg: DictConfig, run_dir: Path, name: str) -> dict[str, Any]:
     return Engine(GLSATask(cfg, run_dir, name), engine_settings(cfg, run_dir, name), run_dir).fit()
 
 
-def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GLSANet, list[str], DictConfig]:
+def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str], DictConfig]:
     """Rebuild the GLSA classifier of a run from its ``best.pt`` (or the run folder) in eval mode.
 
     Returns ``(model, class_names, cfg)``. The checkpoint is read by
@@ -378,9 +380,17 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     model = create_model(
         m.backbone, False, len(ckpt["class_names"]), _plain(m.attention), _plain(m.fusion), _plain(m.residual),
         num_heads=m.num_heads, glsa_stage=m.glsa_stage, input_size=d.image_size, dropout=m.dropout, width=m.width,
+        **_featureact_options(m),
     )
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), list(ckpt["class_names"]), cfg
+
+
+def _featureact_options(m: DictConfig) -> dict[str, Any]:
+    """The ``baseline_featureact`` arguments of a model section (empty for the GLSA backbones)."""
+    if m.backbone != "baseline_featureact":
+        return {}
+    return {"widths": list(m.widths), "convs_per_stage": int(m.convs_per_stage), "hidden": list(m.hidden)}
 
 
 def _plain(spec: Any) -> Any:

@@ -30,6 +30,8 @@ __all__ = [
     "SpatialAttention",
     "CBAM",
     "FeatureAct",
+    "ResidualGatedAttention",
+    "build_gated_attention",
     "build_with_context",
 ]
 
@@ -136,6 +138,7 @@ class CBAM(nn.Module):
 
 
 _FEATUREACT_SCALES = ("positions", "channels")
+_FEATUREACT_COR = ("none", "sigmoid")
 
 
 @ATTENTION.register("featureact")
@@ -159,6 +162,10 @@ class FeatureAct(nn.Module):
 
     The sums are evaluated without materialising ``c`` per channel: with ``G_{b,p,n} = Σ_i m_{b,i,p} s_{b,i,n}``,
     ``f_{b,k,p} = Σ_n P_{p,n} G_{b,p,n} t_{b,k,n} / √S + q_p Σ_i m_{b,i,p}`` (two einsums, memory ``O(B N²)``).
+
+    ``cor="sigmoid"`` applies ``σ`` to the mixed correlation, ``c̃ ← σ(c̃)`` (the notebook's commented-out
+    "additional custom" activation): a non-linearity between the mixing and the re-weighting, so ``c̃`` is then
+    materialised (memory ``O(B N d²)``). ``cor="none"`` (default) is the notebook's v4.
     """
 
     def __init__(
@@ -169,6 +176,7 @@ class FeatureAct(nn.Module):
         img_size: int | None = None,
         reduction: int = 4,
         scale: str = "positions",
+        cor: str = "none",
     ):
         super().__init__()
         _check_channels(channels)
@@ -179,7 +187,9 @@ class FeatureAct(nn.Module):
             raise ValueError(f"img_size must be a positive int or None, got {img_size}.")
         if scale not in _FEATUREACT_SCALES:
             raise ValueError(f"scale must be one of {_FEATUREACT_SCALES}, got {scale!r}.")
-        self.channels, self.spatial_dims, self.scale = channels, spatial_dims, scale
+        if cor not in _FEATUREACT_COR:
+            raise ValueError(f"cor must be one of {_FEATUREACT_COR}, got {cor!r}.")
+        self.channels, self.spatial_dims, self.scale, self.cor = channels, spatial_dims, scale, cor
         self.dim = channels // reduction
         conv = Conv[Conv.CONV, spatial_dims]
         self.src_proj = conv(channels, self.dim, 1)
@@ -217,7 +227,8 @@ class FeatureAct(nn.Module):
             self.pos_bias.materialize((n,), device=x.device, dtype=x.dtype)
             self._reset_position_mixing()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def correlation_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The re-weighted features ``ReLU(W_u f)`` (the notebook's ``cor_feature``), shape of ``x``."""
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.channels:
             raise ValueError(f"expected (B, {self.channels}, *{self.spatial_dims} dims), got {tuple(x.shape)}.")
         if isinstance(self.pos_weight, UninitializedParameter):
@@ -229,8 +240,52 @@ class FeatureAct(nn.Module):
         tgt = rearrange(self.tgt_proj(x), "b d ... -> b d (...)")
         main = rearrange(self.down(x), "b d ... -> b d (...)")
         denom = math.sqrt(self.num_positions if self.scale == "positions" else self.dim)
-        gram = torch.einsum("bip,bin->bpn", main, src)
-        feat = torch.einsum("pn,bpn,bkn->bkp", self.pos_weight, gram, tgt) / denom
-        feat = feat + self.pos_bias[None, None, :] * main.sum(1, keepdim=True)
+        if self.cor == "none":
+            gram = torch.einsum("bip,bin->bpn", main, src)
+            feat = torch.einsum("pn,bpn,bkn->bkp", self.pos_weight, gram, tgt) / denom
+            feat = feat + self.pos_bias[None, None, :] * main.sum(1, keepdim=True)
+        else:  # sigmoid on the mixed correlation c~[b, p, i, j]: materialise it
+            mixed = torch.einsum("pn,bin,bjn->bpij", self.pos_weight, src, tgt) / denom
+            mixed = torch.sigmoid(mixed + self.pos_bias[None, :, None, None])
+            feat = torch.einsum("bip,bpik->bkp", main, mixed)
         feat = feat.reshape(*feat.shape[:2], *spatial)
-        return x + self.up(feat)
+        return self.up(feat)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.correlation_features(x)
+
+class ResidualGatedAttention(nn.Module):
+    """``y = x + α ⊙ (A(x) − x)`` with a per-channel gate ``α`` initialised to 0 (ReZero-style, Bachlechner et al.
+    2021), so that inserting attention ``A`` into a trained or freshly initialised network is the identity at
+    initialisation; ``α = 1`` gives ``A(x)``. Used to put SE / CBAM / FeatureAct into the 3D survival model's blocks.
+
+    Args:
+        attention: a module ``(B, C, *spatial) -> (B, C, *spatial)`` (from :data:`ATTENTION`).
+        channels, spatial_dims: shape of the gate ``(1, C, 1, ..., 1)``.
+    """
+
+    def __init__(self, attention: nn.Module, channels: int, spatial_dims: int):
+        super().__init__()
+        _check_channels(channels)
+        _check_dims(spatial_dims)
+        self.attention = attention
+        self.alpha = nn.Parameter(torch.zeros(1, channels, *([1] * spatial_dims)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.alpha * (self.attention(x) - x)
+
+
+def build_gated_attention(spec: Any, channels: int, spatial_dims: int, **context: Any) -> ResidualGatedAttention | None:
+    """The attention of ``spec`` (a name in :data:`ATTENTION` or ``{name: ..., **options}``) wrapped in a
+    :class:`ResidualGatedAttention`, or ``None`` for ``none`` (so that no parameter is created at all).
+
+    ``context`` (e.g. ``img_size``) is passed to the variants that take it.
+
+    Raises:
+        ConfigError: unknown name or option.
+    """
+    name, _ = ATTENTION.split_spec(spec)
+    if ATTENTION.get(name) is NoAttention:
+        return None
+    module = build_with_context(ATTENTION, spec, channels=channels, spatial_dims=spatial_dims, **context)
+    return ResidualGatedAttention(module, channels, spatial_dims)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -9,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from survival3d.errors import ConfigError
+from survival3d.layers.attention import ATTENTION
 from survival3d.models.blocks import Conv3dPatchEmbed, VectorQuantizer
 from survival3d.models.blocks.window_attention import MAX_WINDOWS_PER_CALL
 from survival3d.models.heads import HEADS, cubelet_valid_mask
@@ -33,6 +36,10 @@ class SurvivalNet3D(nn.Module):
         depth, num_heads, window_size, shift, rel_pos_bias, mlp_ratio, qkv_bias, drop_path, attn_drop, drop,
             film, film_hidden, global_residual, use_checkpoint, max_windows_per_call: see
             :class:`WindowTransformer3D`.
+        attention: local attention in every transformer block on the token grid: ``none`` (default; no extra
+            parameters), ``se``, ``cbam`` or ``featureact``, or ``{"name": ..., **options}``; each behind a
+            zero-initialised residual gate. ``featureact`` needs ``img_size`` giving a cubic token grid of at most
+            4096 cubelets (its position mixing has N² weights per block).
         head: the head spec, a name or ``{"name": ..., **kwargs}`` (``cfg.head``).
         covariate_spec: the covariates FiLM is conditioned on (``None`` or empty: no FiLM).
         vq_codes: quantise the transformer's output tokens with a codebook of this many codes
@@ -57,6 +64,7 @@ class SurvivalNet3D(nn.Module):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path: float = 0.0, attn_drop: float = 0.0,
                  drop: float = 0.0, film: bool = True, film_hidden: int = 64, global_residual: bool = True,
                  use_checkpoint: bool = False, max_windows_per_call: int = MAX_WINDOWS_PER_CALL,
+                 attention: str | Mapping[str, Any] = "none",
                  head: str | Mapping[str, Any] = "softmin", covariate_spec: CovariateSpec | None = None,
                  vq_codes: int = 0, vq_decay: float = 0.99, vq_commitment: float = 0.25,
                  name: str | None = None):
@@ -67,16 +75,35 @@ class SurvivalNet3D(nn.Module):
                                       norm=embed_norm, mean_intensity=embed_mean_intensity,
                                       std_intensity=embed_std_intensity,
                                       img_size=img_size)
+        grid_size = self._featureact_grid(attention, img_size, self.patch_size)
         self.transformer = WindowTransformer3D(
             embed_dim, depth, num_heads, window_size, shift=shift, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
             rel_pos_bias=rel_pos_bias, attn_drop=attn_drop, drop=drop, drop_path=drop_path,
             num_numeric=self.covariate_spec.num_numeric, cardinalities=self.covariate_spec.cardinalities, film=film,
             film_hidden=film_hidden, global_residual=global_residual, use_checkpoint=use_checkpoint,
-            max_windows_per_call=max_windows_per_call)
+            max_windows_per_call=max_windows_per_call, attention=attention, grid_size=grid_size)
         self.head = HEADS.build(head, in_dim=embed_dim)
         # built last, and only when asked for: the default model's parameters and their initialisation are unchanged
         self.quantizer = (VectorQuantizer(embed_dim, int(vq_codes), decay=vq_decay, commitment=vq_commitment)
                           if int(vq_codes) > 0 else None)
+
+    @staticmethod
+    def _featureact_grid(attention: Any, img_size: Sequence[int] | None, patch_size: int) -> int | None:
+        """The cubic token-grid edge FeatureAct is built for (``None`` for the other attention variants)."""
+        name, _ = ATTENTION.split_spec(attention)
+        if ATTENTION.get(name) is not ATTENTION.get("featureact"):
+            return None
+        if img_size is None:
+            raise ConfigError("model.attention featureact needs the input size (data.image_size or model.img_size).")
+        grid = [math.ceil(int(s) / patch_size) for s in img_size]
+        if len(set(grid)) != 1:
+            raise ConfigError(f"model.attention featureact needs a cubic token grid; image size {list(img_size)} / "
+                              f"patch {patch_size} gives {grid}.")
+        if grid[0] ** 3 > 4096:
+            raise ConfigError(f"model.attention featureact: a {grid[0]}^3 token grid has {grid[0] ** 3} positions; its "
+                              f"position mixing (N^2 = {grid[0] ** 6:,} weights per block) does not fit: at most 4096 "
+                              "positions (16^3). Use se or cbam, or a larger model.patch_size.")
+        return grid[0]
 
     @property
     def uses_film(self) -> bool:

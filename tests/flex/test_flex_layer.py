@@ -20,7 +20,7 @@ def test_registries_hold_every_method_of_the_issue():
         "spatial_attention_gated", "spatial_attention_weighted_sum", "unet", "transformer_positional",
         "transformer_global", "channelwise_maxpool"}
     assert set(MASKING.keys()) == {"sharp_sigmoid", "hard_sigmoid", "ste", "stochastic"}
-    assert set(SUPPORTS_3D) == set(LOGITS.keys()) - {"unet"}  # unet would need a 4D U-Net
+    assert set(SUPPORTS_3D) == set(LOGITS.keys())  # unet: per depth slice in 3D
 
 
 @pytest.mark.parametrize("logits, masking", COMBOS)
@@ -42,9 +42,28 @@ def test_output_shape_equals_both_branches_3d(logits, masking):
     assert conv.shape == pool.shape == y.shape == (2, 4, 3, 2, 2)
 
 
-def test_unet_refuses_3d():
-    with pytest.raises(ValueError, match=r"supports spatial_dims \(2,\)"):
-        FlexLayer(4, spatial_dims=3, logits="unet")
+def test_unet_is_monai_3d_unet_over_channels_as_depth():
+    from monai.networks.nets import UNet
+
+    layer = FlexLayer(3, 5, logits={"name": "unet", "features": [4, 8, 8]}).eval()
+    assert isinstance(layer.logits.unet, UNet) and layer.logits.unet.dimensions == 3
+    conv, pool = torch.randn(2, 5, 6, 7), torch.randn(2, 5, 6, 7)
+    # reference: the MONAI U-Net on the stacked (b, 2, depth=c, h, w) volume, zero-padded to a multiple of 4
+    volume = torch.nn.functional.pad(torch.stack([conv, pool], 1), (0, 1, 0, 2, 0, 3))
+    want = layer.logits.unet(volume)[:, 0, :5, :6, :7]
+    torch.testing.assert_close(layer.logits(conv, pool), want)
+
+
+def test_unet_in_3d_runs_the_3d_unet_on_every_depth_slice():
+    torch.manual_seed(int(torch.randint(0, 10_000, ())))
+    l3 = FlexLayer(4, spatial_dims=3, logits="unet").logits.eval()
+    l2 = FlexLayer(4, spatial_dims=2, logits="unet").logits.eval()
+    l2.load_state_dict(l3.state_dict())
+    conv, pool = torch.randn(2, 4, 3, 5, 6), torch.randn(2, 4, 3, 5, 6)
+    got = l3(conv, pool)
+    assert got.shape == conv.shape
+    for k in range(conv.shape[2]):
+        torch.testing.assert_close(got[:, :, k], l2(conv[:, :, k], pool[:, :, k]))
 
 
 @pytest.mark.parametrize("logits, masking", COMBOS)

@@ -22,7 +22,7 @@ LAST = {"resnet18": (512, 4), "resnet34": (512, 4), "resnet50": (2048, 4), "resn
 
 
 def test_registry_names():
-    assert set(BACKBONES.keys()) == EXPECTED
+    assert set(BACKBONES.keys()) == EXPECTED | {"baseline_featureact"}  # the FeatureAct notes' CNN (no GLSA block)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,6 +36,9 @@ class WindowTransformer3D(nn.Module):
         global_residual: add the input tokens to the output of the last block.
         use_checkpoint: activation checkpointing of every block while training (saves memory on large volumes).
         max_windows_per_call: windows per SDPA call.
+        attention: local attention inside every block (``none``, ``se``, ``cbam``, ``featureact`` or a spec
+            mapping), see :class:`WindowTransformerBlock3D`.
+        grid_size: token grid edge for ``featureact`` (``None``: inferred at the first forward pass).
 
     Forward:
         x: (B, dim, D, H, W) tokens (any memory format).
@@ -51,7 +55,8 @@ class WindowTransformer3D(nn.Module):
                  attn_drop: float = 0.0, drop: float = 0.0, drop_path: float = 0.0, num_numeric: int = 0,
                  cardinalities: Sequence[int] = (), film: bool = True, film_hidden: int = 64,
                  global_residual: bool = True, use_checkpoint: bool = False,
-                 max_windows_per_call: int = MAX_WINDOWS_PER_CALL):
+                 max_windows_per_call: int = MAX_WINDOWS_PER_CALL, attention: Any = "none",
+                 grid_size: int | None = None):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}.")
@@ -64,7 +69,8 @@ class WindowTransformer3D(nn.Module):
         self.blocks = nn.ModuleList(
             WindowTransformerBlock3D(dim, num_heads, window_size, shift=shift and i % 2 == 1, mlp_ratio=mlp_ratio,
                                      qkv_bias=qkv_bias, rel_pos_bias=rel_pos_bias, attn_drop=attn_drop, drop=drop,
-                                     drop_path=rates[i], max_windows_per_call=max_windows_per_call)
+                                     drop_path=rates[i], max_windows_per_call=max_windows_per_call,
+                                     attention=attention, grid_size=grid_size)
             for i in range(depth)
         )
         has_cov = num_numeric > 0 or len(cardinalities) > 0
