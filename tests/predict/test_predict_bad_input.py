@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import nibabel as nib
-import numpy as np
 import pandas as pd
 import torch
 
