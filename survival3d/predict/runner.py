@@ -30,7 +30,7 @@ from survival3d.io import write_csv, write_json, write_nifti
 from survival3d.predict.models import Ensemble, distribution_summary, member_pmf
 
 __all__ = ["CaseInput", "PredictJob", "predict_cases", "cases_from_inputs", "cases_from_manifest", "safe_name",
-           "prepare_case", "run_ensemble", "peak_world"]
+           "run_ensemble", "peak_world"]
 
 log = logging.getLogger(__name__)
 
