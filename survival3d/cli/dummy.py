@@ -30,7 +30,7 @@ def _arg_type(annotation) -> type:
 
 @COMMANDS.register("dummy")
 class DummyCommand:
-    help = "write a synthetic dummy1–6 dataset (NIfTI + masks + manifest.csv)"
+    help = "write a synthetic dummy1–6 or real-anatomy ct1–ct3 dataset (NIfTI + masks + manifest.csv)"
     description = (
         "Write a synthetic sphere dataset of one dummy level (see docs/dummy.md): images/, masks/ (survival-relevant "
         "lesions), lung_masks/ and distractor_masks/ where the level has them, and manifest.csv (written last, "
@@ -42,7 +42,7 @@ class DummyCommand:
         for f in dataclasses.fields(DummySpec):
             flag = "--" + f.name.replace("_", "-")
             if f.name == "level":
-                parser.add_argument(flag, type=int, required=True, help=f.metadata["help"])
+                parser.add_argument(flag, type=str, required=True, help=f.metadata["help"])
                 continue
             default = getattr(CLI_DEFAULTS, f.name)
             parser.add_argument(flag, type=_arg_type(hints[f.name]), default=default,

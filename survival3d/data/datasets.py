@@ -114,7 +114,7 @@ def dummy_cases(dummy_cfg, *, generate_case: Callable | None = None) -> Cases:
         rec = {k: v for k, v in case.items() if k not in ("image", "affine", "covariates", *MASK_KEYS)}
         if isinstance(case.get("covariates"), Mapping):
             rec.update(case["covariates"])
-        rec["id"] = str(case.get("id", f"dummy{int(d.level)}_{i:04d}"))
+        rec["id"] = str(case["id"]) if "id" in case else f"dummy{int(d.level)}_{i:04d}"
         rec["image"] = _meta(case["image"], affine)
         for key in MASK_KEYS:
             if case.get(key) is not None:

@@ -444,8 +444,9 @@ _register_level(
 
 
 def get_level(level: Union[int, str, DummyLevel]) -> DummyLevel:
-    """The :class:`DummyLevel` for ``3``, ``"3"`` or ``"dummy3"`` (ConfigError listing the valid levels otherwise)."""
-    if isinstance(level, DummyLevel):
+    """The :class:`DummyLevel` for ``3``, ``"3"`` or ``"dummy3"`` (ConfigError listing the valid levels otherwise);
+    ``"ct1"``-``"ct3"`` give the real-anatomy levels of :mod:`survival3d.data.real_anatomy`."""
+    if isinstance(level, DummyLevel) or _delegates(level):
         return level
     key = str(level).strip().lower()
     if key.isdigit():
@@ -454,6 +455,12 @@ def get_level(level: Union[int, str, DummyLevel]) -> DummyLevel:
 
 
 SpecLike = Union[DummySpec, int, str, DummyLevel]
+
+
+def _delegates(lvl: Any) -> bool:
+    """Whether ``lvl`` is a level object implementing generation itself (``sample_case(spec, index)``,
+    ``render_case(spec, params)``, ``generate_case(spec, index)``), e.g. the real-anatomy levels ct1-ct3."""
+    return not isinstance(lvl, (DummyLevel, int, str)) and hasattr(lvl, "generate_case")
 
 
 def as_spec(spec: Optional[SpecLike] = None, **fields: Any) -> DummySpec:
@@ -512,6 +519,7 @@ class CaseParams:
     true_time: float  # before censoring
     time: float  # observed
     event: int
+    extra: dict = field(default_factory=dict)  # level-specific scalars for the manifest (e.g. ct2's extent)
 
 
 def _case_seeds(lvl: DummyLevel, index: int, seed: int) -> list[np.random.SeedSequence]:
@@ -555,6 +563,8 @@ def sample_case(spec: SpecLike, index: int, **fields: Any) -> CaseParams:
     """
     spec = as_spec(spec, **fields)
     lvl = get_level(spec.level)
+    if _delegates(lvl):
+        return lvl.sample_case(spec, index)
     seed, feat_frac, tmax = spec.seed, spec.feat_frac, spec.tmax
     censor_frac = lvl.default_censor_frac if spec.censor_frac is None else spec.censor_frac
     geo_ss, cov_ss, time_ss, _ = _case_seeds(lvl, index, seed)
@@ -599,6 +609,8 @@ def render_case(spec: SpecLike, params: CaseParams, **fields: Any) -> dict[str, 
     (float32 HU), ``mask``, ``lung_mask``, ``distractor_mask`` (uint8 or None)."""
     spec = as_spec(spec, **fields)
     lvl = get_level(spec.level)
+    if _delegates(lvl):
+        return lvl.render_case(spec, params)
     size, seed = spec.size, spec.seed
     bg = lvl.background
     rng = np.random.default_rng(_case_seeds(lvl, params.index, seed)[3])
@@ -651,6 +663,7 @@ def case_scalars(params: CaseParams, lvl: DummyLevel) -> dict[str, Any]:
         "n_distractors": len(params.distractors) if lvl.distractors is not None else None,
     }
     out.update(params.covariates)
+    out.update(params.extra)
     return out
 
 
@@ -670,6 +683,8 @@ def generate_case(spec: SpecLike, index: int, **fields: Any) -> dict[str, Any]:
     spec = as_spec(spec, **fields)
     spec = replace(spec, level=check_params(spec))  # resolve the level once
     lvl = spec.level
+    if _delegates(lvl):
+        return lvl.generate_case(spec, index)
     params = sample_case(spec, index)
     case = render_case(spec, params)
     case.update(case_scalars(params, lvl))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 __all__ = ["DummySpec", "CASE_FIELDS"]
 
@@ -19,7 +19,7 @@ __all__ = ["DummySpec", "CASE_FIELDS"]
 class DummySpec:
     """Which dummy cases to generate (see docs/dummy.md). ``metadata["help"]`` is each field's one-line help."""
 
-    level: int = field(default=1, metadata={"help": "dummy level 1-6"})  # the generator also takes "dummyN"
+    level: Union[int, str] = field(default=1, metadata={"help": "dummy level 1-6, or ct1-ct3 (real anatomy)"})
     n: int = field(default=96, metadata={"help": "number of cases"})
     size: int = field(default=32, metadata={"help": "volume edge in voxels"})
     seed: int = field(default=0, metadata={"help": "random seed (a case depends only on level, index and seed)"})
@@ -29,10 +29,17 @@ class DummySpec:
     )
     spacing: float = field(default=1.5, metadata={"help": "isotropic voxel spacing in mm"})
     tmax: int = field(default=100, metadata={"help": "times are clipped to [1, tmax]"})
+    backgrounds: Optional[str] = field(
+        default=None, metadata={"help": "ct1-ct3: 'samples' (default: the fetched lung1/lung2) or a folder of chest CTs"}
+    )
 
     def case_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of ``generate_case(level, index, **kwargs)``: every field but ``level`` and ``n``."""
-        return {name: getattr(self, name) for name in CASE_FIELDS}
+        """The keyword arguments of ``generate_case(level, index, **kwargs)``: every field but ``level`` and ``n``
+        (``backgrounds`` only when set: the sphere levels do not take it)."""
+        out = {name: getattr(self, name) for name in CASE_FIELDS}
+        if out["backgrounds"] is None:
+            del out["backgrounds"]
+        return out
 
     @classmethod
     def from_section(cls, section: Any) -> DummySpec:
