@@ -29,6 +29,7 @@ from survival3d.errors import ConfigError
 from survival3d.models.blocks import Conv3dPatchEmbed, VectorQuantizer, sincos_pos_embed_3d
 from survival3d.models.blocks.window_attention import MAX_WINDOWS_PER_CALL
 from survival3d.models.nets import WindowTransformer3D
+from survival3d.models.survival_net import SurvivalNet3D
 
 __all__ = [
     "MaskedCubeletAutoencoder",
@@ -139,8 +140,8 @@ class MaskedCubeletAutoencoder(nn.Module):
                  window_size: int = 4, shift: bool = True, rel_pos_bias: bool = True, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_path: float = 0.0, attn_drop: float = 0.0, drop: float = 0.0,
                  film: bool = True, film_hidden: int = 64, global_residual: bool = True, use_checkpoint: bool = False,
-                 max_windows_per_call: int = MAX_WINDOWS_PER_CALL, vq_codes: int = 0, vq_decay: float = 0.99,
-                 vq_commitment: float = 0.25, mask_ratio: float = 0.6, decoder_dim: int = 48, decoder_depth: int = 1,
+                 max_windows_per_call: int = MAX_WINDOWS_PER_CALL, attention: str | Mapping[str, Any] = "none",
+                 vq_codes: int = 0, vq_decay: float = 0.99, vq_commitment: float = 0.25, mask_ratio: float = 0.6, decoder_dim: int = 48, decoder_depth: int = 1,
                  decoder_heads: int = 3, norm_target: bool = True, name: str | None = None):
         super().__init__()
         if not 0.0 < float(mask_ratio) < 1.0:
@@ -150,10 +151,12 @@ class MaskedCubeletAutoencoder(nn.Module):
         self.embed = Conv3dPatchEmbed(in_channels, embed_dim, patch_size, stem_convs=stem_convs, pos_embed=pos_embed,
                                       norm=embed_norm, mean_intensity=embed_mean_intensity,
                                       std_intensity=embed_std_intensity, img_size=img_size)
+        # the survival model's encoder, block attention included, so that its weights load by name when fine-tuning
         self.transformer = WindowTransformer3D(
             embed_dim, depth, num_heads, window_size, shift=shift, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
             rel_pos_bias=rel_pos_bias, attn_drop=attn_drop, drop=drop, drop_path=drop_path, film=False,
-            global_residual=global_residual, use_checkpoint=use_checkpoint, max_windows_per_call=max_windows_per_call)
+            global_residual=global_residual, use_checkpoint=use_checkpoint, max_windows_per_call=max_windows_per_call,
+            attention=attention, grid_size=SurvivalNet3D._featureact_grid(attention, img_size, self.patch_size))
         self.quantizer = (VectorQuantizer(embed_dim, int(vq_codes), decay=vq_decay, commitment=vq_commitment)
                           if int(vq_codes) > 0 else None)
         self.mask_token = nn.Parameter(torch.zeros(embed_dim))

@@ -143,6 +143,20 @@ def test_encoder_transfers_by_name_and_mismatch_is_one_line():
         load_encoder_state(surv_q, no_vq.state_dict(), where="pre.pt")
 
 
+@pytest.mark.parametrize("attention", ["se", "cbam"])
+def test_encoder_with_block_attention_transfers(attention):
+    """model.attention is part of the encoder: the autoencoder builds it too, and its weights load by name."""
+    torch.manual_seed(4)
+    ae = MaskedCubeletAutoencoder(**TINY, attention=attention)
+    kw = {k: v for k, v in TINY.items() if not k.startswith("decoder")}
+    surv = SurvivalNet3D(**kw, attention=attention)
+    loaded = load_encoder_state(surv, ae.state_dict(), where="pre.pt")
+    plain = load_encoder_state(SurvivalNet3D(**kw), MaskedCubeletAutoencoder(**TINY).state_dict(), where="pre.pt")
+    assert set(plain) < set(loaded)  # the attention's weights come along
+    for k in loaded:
+        assert torch.equal(surv.state_dict()[k], ae.state_dict()[k]), k
+
+
 def test_default_survival_model_has_no_new_parameters():
     torch.manual_seed(0)
     a = SurvivalNet3D()
