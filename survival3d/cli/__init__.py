@@ -32,6 +32,8 @@ _COMMAND_MODULES = (
     "bench",
     "glsa",
     "flex",
+    "plot",
+    "tune",
 )
 
 

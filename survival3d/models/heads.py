@@ -165,10 +165,17 @@ class SoftminHead(nn.Module):
         pred = (p * loc).flatten(1).sum(1)
         reg = loc.new_zeros(())
         if self.entropy_weight:
-            reg = reg + self.entropy_weight * torch.xlogy(p, p).flatten(1).sum(1).mean()
+            reg = reg + self.entropy_weight * _neg_entropy(p)
         if self.smooth_weight:
             reg = reg + self.smooth_weight * _smoothness(loc, valid)
         return {"pred": pred, "p": p, "loc": loc, "valid": valid, "reg_loss": reg}
+
+
+def _neg_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of Σ p log p, with a gradient that stays finite when some p underflow to exactly 0 (a sharp
+    softmin map): ``xlogy``'s derivative log p + 1 is −inf there, and the softmax backward turns 0 · inf into NaN.
+    The value equals ``xlogy(p, p)`` wherever p ≥ 1e-30."""
+    return (p * p.clamp_min(1e-30).log()).flatten(1).sum(1).mean()
 
 
 def _smoothness(loc: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -116,3 +116,18 @@ def test_softmin_ill_arguments(kwargs):
 def test_meanpool_rejects_regularisers():
     with pytest.raises(ValueError, match="regularise"):
         HEADS.build({"name": "meanpool", "entropy_weight": 0.1}, in_dim=8)
+
+
+def test_entropy_regulariser_gradient_is_finite_when_p_underflows():
+    """A sharp map: most valid p are exactly 0 in float32. xlogy's gradient would be NaN there."""
+    torch.manual_seed(torch.seed() % 2**31)
+    head = SoftminHead(8, beta_init=50.0, entropy_weight=0.02, loc_scale=100.0)
+    tokens = torch.randn(2, 8, 3, 3, 3, requires_grad=True)
+    res = head(tokens, _valid(2, (3, 3, 3)))
+    assert (res["p"][res["valid"]] == 0).any()  # the case this test is about
+    p64 = res["p"].detach().double()
+    ref = sum(float((pi[pi > 0] * pi[pi > 0].log()).sum()) for pi in p64) / 2
+    assert res["reg_loss"].item() == pytest.approx(0.02 * ref, rel=1e-5, abs=1e-9)
+    (res["pred"].sum() + res["reg_loss"]).backward()
+    assert torch.isfinite(tokens.grad).all()
+    assert all(torch.isfinite(prm.grad).all() for prm in head.parameters() if prm.grad is not None)
