@@ -96,7 +96,9 @@ def output_diagnostics(out, batch: Mapping[str, Any], patch_size: int | None = N
         var = ((loc - mean.reshape(-1, 1, 1, 1, 1)).square() * v).flatten(1).sum(1) / nv
         sums.update(loc_sd=var.sqrt().double().sum(), n_loc_sd=ones)
     image_shape = batch["image"].shape[-3:]
-    ps = int(patch_size) if patch_size else -(-int(image_shape[0]) // grid[0])
+    ps = int(patch_size) if patch_size else 0
+    if not ps or any(-(-int(s) // ps) != g for s, g in zip(image_shape, grid)):  # a map finer than the cubelets
+        ps = -(-int(image_shape[0]) // grid[0])
     for name, key in (("p_lesion", "mask"), ("p_distractor", "distractor_mask")):
         m = batch.get(key)
         if m is None or not torch.is_tensor(m):
