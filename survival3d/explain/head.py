@@ -106,7 +106,9 @@ class HeadMap(Explainer):
             pad = (s[2], ps - s[2], s[1], ps - s[1], s[0], ps - s[0])
             shifted = F.pad(image, pad, mode="replicate")
             shifted_kw = {k: F.pad(v, pad, mode="replicate") if k == "lung_mask" else v for k, v in kw.items()}
-            heat = cubelets_to_image(self._map(model(shifted, **shifted_kw)), shifted.shape[2:], ps, self.mode)
+            m = self._map(model(shifted, **shifted_kw))
+            cell = patch_size_of(model, shifted.shape[2:], m.shape[2:])  # ps, or less for a finer head map
+            heat = cubelets_to_image(m, shifted.shape[2:], cell, self.mode)
             total += heat[..., s[0]: s[0] + shape[0], s[1]: s[1] + shape[1], s[2]: s[2] + shape[2]]
             count += 1
         return (total / count).cpu()
