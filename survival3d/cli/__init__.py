@@ -41,6 +41,8 @@ _COMMAND_MODULES = (
     "bench",
     "glsa",
     "flex",
+    "plot",
+    "tune",
 )
 
 

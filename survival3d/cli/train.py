@@ -61,6 +61,19 @@ def experiment_config(args, default_job: dict):
     return load_config(None, args.overrides, schema=ExperimentConfig, defaults=default_job)
 
 
+def _training_curves(run_dir: Path) -> None:
+    """``training_curves.png`` beside each ``metrics.csv`` of the run (``run.py plot`` draws the same); a figure
+    that cannot be drawn is a warning, never a failed run."""
+    from survival3d.cli.plot import write_training_curves
+    from survival3d.errors import InputError
+
+    try:
+        for path in write_training_curves(run_dir):
+            log.info("training curves: %s", path)
+    except (InputError, OSError, ValueError) as e:
+        log.warning("training curves not drawn (%s)", e)
+
+
 @COMMANDS.register("train")
 class TrainCommand:
     help = "train a survival model (default: a small dummy1 run on the CPU)"
@@ -94,6 +107,7 @@ class TrainCommand:
         if int(os.environ.get("RANK", "0")) != 0:
             return 0
         run_dir = run_dir_of(cfg)
+        _training_curves(run_dir)
         if int(cfg.cv.folds) > 1:
             def ms(k):
                 v = result.get(k)

@@ -127,6 +127,7 @@ class HeadConfig:
     lung_frac_min: float = 0.5  # cubelets with less lung than this are invalid (when a lung mask is given)
     entropy_weight: float = 0.0  # w * sum p log p (w > 0 spreads p, w < 0 sharpens it)
     smooth_weight: float = 0.0  # w * mean squared loc difference between neighbouring cubelets
+    map_upsample: int = 1  # softmin map on a grid this many times finer than the cubelets (loc trilinear between centres)
 
 
 @dataclass

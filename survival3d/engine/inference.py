@@ -11,7 +11,8 @@ import torch
 
 from survival3d.runtime import autocast  # re-exported: the one bf16 autocast of the package
 
-__all__ = ["model_inputs", "forward", "autocast", "predict_arrays", "predictions_frame", "to_device"]
+__all__ = ["model_inputs", "forward", "autocast", "predict_arrays", "predictions_frame", "to_device", "output_diagnostics",
+           "DIAGNOSTIC_SUMS"]
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -48,24 +49,91 @@ def forward(model: torch.nn.Module, batch: Mapping[str, Any], *, amp: bool = Fal
         return model(image, **model_inputs(batch))
 
 
+#: The per-case sums :func:`output_diagnostics` returns (each with its count ``n_<name>``, see there).
+DIAGNOSTIC_SUMS = ("p_entropy", "p_max", "loc_sd", "p_lesion", "p_distractor")
+
+
+def _cubelet_any(mask: torch.Tensor, grid: tuple[int, ...], patch_size: int) -> torch.Tensor:
+    """(B, 1, D, H, W) voxel mask -> (B, 1, d, h, w) bool: cubelets of the model's grid holding any mask voxel."""
+    shape = mask.shape[-3:]
+    pad = (0, grid[2] * patch_size - shape[2], 0, grid[1] * patch_size - shape[1], 0, grid[0] * patch_size - shape[0])
+    return torch.nn.functional.max_pool3d(torch.nn.functional.pad((mask > 0.5).float(), pad), patch_size) > 0
+
+
+@torch.no_grad()
+def output_diagnostics(out, batch: Mapping[str, Any], patch_size: int | None = None) -> dict[str, torch.Tensor]:
+    r"""Per-batch *sums* over cases of what the head's softmin map looks like (for training diagnostics).
+
+    For each case with a map ``p`` over its valid cubelets :math:`V` and per-cubelet times :math:`\ell`:
+
+    * ``p_entropy``: :math:`H(p) = -\sum_i p_i \log p_i` in nats (0 = one cubelet, :math:`\log |V|` = uniform);
+    * ``p_max``: :math:`\max_i p_i`;
+    * ``loc_sd``: the population sd of :math:`\ell` over :math:`V` (time units): the contrast the softmin sees;
+    * ``p_lesion``: :math:`\sum_{i \in L} p_i` over cubelets holding any voxel of the case's ``mask`` (cases
+      with a lesion only);
+    * ``p_distractor``: the same for ``distractor_mask`` (cases with a distractor only).
+
+    Returns float64 tensors on the batch's device: each name of :data:`DIAGNOSTIC_SUMS` and ``n_<name>``, the
+    number of cases it summed over. Empty for heads without a map. Pure reads of the model's output: no random
+    numbers, no change to the forward.
+    """
+    if out.p is None:
+        return {}
+    p = out.p.detach().float()
+    b = p.shape[0]
+    grid = tuple(p.shape[-3:])
+    valid = (out.valid if out.valid is not None else p > 0).expand_as(p)
+    ones = p.new_ones((), dtype=torch.float64) * b
+    sums: dict[str, torch.Tensor] = {
+        "p_entropy": -torch.xlogy(p, p).flatten(1).sum(1).double().sum(), "n_p_entropy": ones,
+        "p_max": p.flatten(1).max(1).values.double().sum(), "n_p_max": ones,
+    }
+    if out.loc is not None:
+        loc = out.loc.detach().float().expand_as(p)
+        v = valid.float()
+        nv = v.flatten(1).sum(1).clamp_min(1.0)
+        mean = (loc * v).flatten(1).sum(1) / nv
+        var = ((loc - mean.reshape(-1, 1, 1, 1, 1)).square() * v).flatten(1).sum(1) / nv
+        sums.update(loc_sd=var.sqrt().double().sum(), n_loc_sd=ones)
+    image_shape = batch["image"].shape[-3:]
+    ps = int(patch_size) if patch_size else 0
+    if not ps or any(-(-int(s) // ps) != g for s, g in zip(image_shape, grid)):  # a map finer than the cubelets
+        ps = -(-int(image_shape[0]) // grid[0])
+    for name, key in (("p_lesion", "mask"), ("p_distractor", "distractor_mask")):
+        m = batch.get(key)
+        if m is None or not torch.is_tensor(m):
+            continue
+        cub = _cubelet_any(m, grid, ps)
+        has = cub.flatten(1).any(1)
+        mass = (p * cub).flatten(1).sum(1)
+        sums[name] = (mass * has).double().sum()
+        sums[f"n_{name}"] = has.double().sum()
+    return sums
+
+
 @torch.no_grad()
 def predict_arrays(model: torch.nn.Module, loader, device: torch.device, *, amp: bool = False, loss_fn=None, progress=None,
-                   time_grid=None) -> dict[str, Any]:
+                   time_grid=None, diagnostics: bool = False) -> dict[str, Any]:
     """Predictions for every case of ``loader`` as numpy arrays (plus the summed loss when ``loss_fn`` is given).
 
     ``time_grid`` (:class:`~survival3d.time_grid.TimeGrid`): the model and loss work in grid units; the loss gets
     ``time / bin_width`` and ``pred_time`` is mapped back to the data's unit (``risk`` stays the model's score).
     ``None``: the identity grid.
 
+    ``diagnostics``: also accumulate :func:`output_diagnostics` of the same forward passes (returned as
+    ``"diag"``: ``{name: sum, "n_<name>": count}`` floats); the predictions are the same either way.
+
     Returns:
-        ``{"id": [...], "time", "event", "pred_time", "risk"[, "expected_time"], "loss_sum", "n"}``. Tensors are
-        gathered on the device and copied to the host once at the end.
+        ``{"id": [...], "time", "event", "pred_time", "risk"[, "expected_time"], "loss_sum", "n"[, "diag"]}``.
+        Tensors are gathered on the device and copied to the host once at the end.
     """
     was_training = model.training
     model.eval()
     ids: list[str] = []
     cols: dict[str, list[torch.Tensor]] = {"time": [], "event": [], "pred_time": [], "risk": [], "expected_time": []}
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    diag: dict[str, torch.Tensor] = {}
+    patch_size = getattr(model, "patch_size", None)
     n = 0
     for batch in loader if progress is None else progress(loader):
         batch = to_device(batch, device)
@@ -82,6 +150,9 @@ def predict_arrays(model: torch.nn.Module, loader, device: torch.device, *, amp:
             with autocast(device, amp):
                 losses = loss_fn(out, batch["time"] if time_grid is None else time_grid.to_grid(batch["time"]), batch["event"])
             loss_sum += losses["loss"].detach().double() * len(batch["id"])
+        if diagnostics:
+            for k, v in output_diagnostics(out, batch, patch_size).items():
+                diag[k] = diag[k] + v if k in diag else v
         n += len(batch["id"])
     model.train(was_training)
     result: dict[str, Any] = {"id": ids}
@@ -91,6 +162,8 @@ def predict_arrays(model: torch.nn.Module, loader, device: torch.device, *, amp:
     result["event"] = result["event"].astype(np.int64)
     result["loss_sum"] = float(loss_sum.cpu()) if loss_fn is not None else float("nan")
     result["n"] = n
+    if diagnostics:
+        result["diag"] = {k: float(v.cpu()) for k, v in diag.items()}
     return result
 
 

@@ -43,7 +43,7 @@ from survival3d.time_grid import TimeGrid, fit_time_grid, resolved_config
 from survival3d.engine.components import Components
 from survival3d.engine.finetune import check_finetune_config, init_encoder, layer_decay_groups, set_encoder_trainable
 from survival3d.engine.distributed import DistInfo, ShardSampler, all_gather_objects
-from survival3d.engine.inference import forward, predict_arrays, predictions_frame
+from survival3d.engine.inference import DIAGNOSTIC_SUMS, forward, predict_arrays, predictions_frame
 from survival3d.engine.loop import Engine, EngineSettings, Task
 from survival3d.errors import ConfigError, InputError
 from survival3d.io import write_csv, write_json
@@ -58,7 +58,28 @@ log = logging.getLogger(__name__)
 METRICS_COLUMNS = (
     "epoch", "step", "lr", "train_loss", "train_nll", "data_wait_frac", "epoch_time_s",
     "val_loss", "c_index", "c_index_oracle", "mae_uncensored", "mae_censored",
+    # diagnostics (docs/training.md): the head's parameters, then the validation maps (survival_task.diagnostics)
+    "beta", "loc_bias", "var", "p_entropy", "p_max", "loc_sd", "p_lesion", "p_distractor",
 )
+
+
+def diagnostics(model: torch.nn.Module, loss_fn: torch.nn.Module, sums: dict[str, float]) -> dict[str, float]:
+    """The per-epoch diagnostics columns: the head's ``beta`` and ``loc_bias``, the loss's ``var`` (only when it is
+    learned), and the means over validation cases of
+    :func:`~survival3d.engine.inference.output_diagnostics` (``sums``; NaN where no case counted)."""
+    out: dict[str, float] = {}
+    head = getattr(model, "head", None)
+    if head is not None and hasattr(head, "beta"):
+        out["beta"] = float(head.beta.detach())
+    if head is not None and hasattr(head, "loc_bias"):
+        out["loc_bias"] = float(head.loc_bias.detach())
+    if getattr(loss_fn, "learn_var", False):
+        out["var"] = float(loss_fn.variance)
+    for name in DIAGNOSTIC_SUMS:
+        if name in sums:
+            n = sums.get(f"n_{name}", 0.0)
+            out[name] = sums[name] / n if n > 0 else float("nan")
+    return out
 
 
 class _ModelAndLoss(torch.nn.Module):
@@ -246,8 +267,12 @@ class SurvivalTask(Task):
     def validation_arrays(self, engine: Engine) -> tuple[dict[str, float], dict[str, Any]]:
         """Metrics over the whole validation set (predictions gathered from every rank) and the prediction arrays."""
         local = predict_arrays(self.model, self.val_loader, self.device, amp=self.amp, loss_fn=self.loss_fn,
-                               time_grid=self.time_grid)
+                               time_grid=self.time_grid, diagnostics=True)
         parts = all_gather_objects(local, engine.dist)
+        sums: dict[str, float] = {}
+        for part in parts:
+            for k, v in part.get("diag", {}).items():
+                sums[k] = sums.get(k, 0.0) + v
         arrays: dict[str, Any] = {"id": [i for p in parts for i in p["id"]]}
         for key in ("time", "event", "pred_time", "risk", "expected_time"):
             if all(key in p for p in parts):
@@ -260,7 +285,7 @@ class SurvivalTask(Task):
         for key in ("time", "event", "pred_time", "risk", "expected_time"):
             if key in arrays:
                 arrays[key] = arrays[key][perm]
-        return validation_metrics(arrays), arrays
+        return {**validation_metrics(arrays), **diagnostics(self.model, self.loss_fn, sums)}, arrays
 
     # ------------------------------------------------------------------ outputs
     def finish(self, engine: Engine) -> dict[str, Any]:

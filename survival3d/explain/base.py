@@ -66,9 +66,11 @@ def run_model(model: torch.nn.Module, batch: Mapping[str, Any], image: torch.Ten
 
 
 def patch_size_of(model: torch.nn.Module, image_shape, grid_shape) -> int | None:
-    """The model's cubelet edge: ``model.patch_size`` when set, else inferred when the image is an exact multiple."""
+    """The edge in voxels of one cell of a map on ``grid_shape``: ``model.patch_size`` when the grid is the model's
+    cubelet grid, else inferred when the image is an exact multiple (e.g. a head map finer than the cubelets,
+    ``head.map_upsample``)."""
     ps = getattr(model, "patch_size", None)
-    if ps is not None:
+    if ps is not None and all(-(-int(s) // int(ps)) == int(g) for s, g in zip(image_shape, grid_shape)):
         return int(ps)
     ratios = {-(-int(s) // int(g)) for s, g in zip(image_shape, grid_shape)}
     return ratios.pop() if len(ratios) == 1 else None

@@ -116,7 +116,9 @@ class HeadMap(Explainer):
                 x = torch.cat([shift(image[b: b + 1], s) for s in group])
                 sub = {k: None if v is None else torch.cat([shift(v[b: b + 1], s) for s in group])
                        if k == "lung_mask" else v[b: b + 1].expand(len(group), *v.shape[1:]) for k, v in kw.items()}
-                heat = cubelets_to_image(self._map(model(x, **sub)), padded, ps, self.mode)
+                m = self._map(model(x, **sub))
+                cell = patch_size_of(model, padded, m.shape[2:])  # ps, or less for a finer head map (map_upsample)
+                heat = cubelets_to_image(m, padded, cell, self.mode)
                 for j, s in enumerate(group):
                     total[b] += heat[j, :, s[0]: s[0] + shape[0], s[1]: s[1] + shape[1], s[2]: s[2] + shape[2]]
         return (total / len(shifts)).cpu()

@@ -96,7 +96,8 @@ def explain_cases(
         with torch.no_grad():
             out = run_model(model, batch)
         grid = out.p.shape[2:] if out.p is not None else next(iter(out.features.values())).shape[2:]
-        ps = patch_size_of(model, image.shape, grid)
+        # energy_pg_cubelet is scored on the model's cubelets, also for a head map finer than them (map_upsample)
+        ps = getattr(model, "patch_size", None) or patch_size_of(model, image.shape, grid)
         if case.source is not None:
             src_affine, src_shape = source_geometry(case.source)
         else:

@@ -1,5 +1,6 @@
 """Evaluation figures (matplotlib, Agg backend): predicted vs observed time, Kaplan–Meier curves by predicted-risk
-tertile with the log-rank p-value, and calibration of the predicted survival at a few horizons."""
+tertile with the log-rank p-value, calibration of the predicted survival at a few horizons, and the training curves
+of a run's ``metrics.csv``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pandas as pd
 from survival3d.io import atomic_path
 from survival3d.metrics.survival import harrell_c_index, pmf_to_survival, survival_at
 
-__all__ = ["plot_pred_vs_observed", "plot_km_by_risk_tertile", "plot_calibration", "save_figure"]
+__all__ = ["plot_pred_vs_observed", "plot_km_by_risk_tertile", "plot_calibration", "save_figure", "plot_training_curves"]
 
 
 def _plt():
@@ -146,5 +147,56 @@ def plot_calibration(
         gap = float(np.mean(np.abs(np.asarray(xs) - ys)))
         ax.set_title(f"t = {t:g}: mean |predicted − observed| {gap:.3f}", fontsize=10)
     fig.suptitle((title + ": " if title else "") + "calibration of the predicted survival S(t)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+#: The panels of :func:`plot_training_curves`: (title, y label, [(column, legend label, style)], y limits or None).
+_CURVE_PANELS = (
+    ("loss", "loss (nats per case)", [("train_loss", "train", "-"), ("val_loss", "validation", "--")], None),
+    ("C-index", "Harrell's C-index", [("c_index", "model", "-"), ("c_index_oracle", "oracle (expected times)", "--")], None),
+    ("softmin temperature", "β (1 / time unit)", [("beta", "β", "-")], None),
+    ("loc bias and variance", "time units (VAR: time units²)", [("loc_bias", "loc bias b", "-"), ("var", "VAR (learned)", "--")],
+     None),
+    ("where p sits (validation)", "mass of p (fraction of the map)",
+     [("p_lesion", "on lesion cubelets", "-"), ("p_distractor", "on distractor cubelets", "--"), ("p_max", "max p", ":")],
+     (0.0, 1.02)),
+    ("spread (validation)", "entropy (nats) / sd (time units)", [("p_entropy", "entropy H(p), nats", "-"),
+                                                                  ("loc_sd", "sd of loc, time units", "--")], None),
+)
+
+
+def plot_training_curves(metrics: pd.DataFrame | str | Path, path: str | Path, title: str = "") -> Path:
+    """The training curves of one run (one ``metrics.csv``): loss, C-index against the oracle, β, loc bias (and a
+    learned VAR), the validation p mass on lesion/distractor cubelets, and the spread of p and loc, each against the
+    epoch. Columns that are missing or empty are left out of their panel (a panel with none says so)."""
+    plt = _plt()
+    df = pd.read_csv(metrics) if isinstance(metrics, (str, Path)) else metrics
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
+    x = pd.to_numeric(df["epoch"], errors="coerce") if "epoch" in df else pd.Series(np.arange(1, len(df) + 1))
+    for ax, (name, ylabel, series, ylim) in zip(axes.flat, _CURVE_PANELS):
+        drawn = 0
+        for col, label, style in series:
+            if col not in df:
+                continue
+            y = pd.to_numeric(df[col], errors="coerce")
+            ok = y.notna() & x.notna()
+            if not ok.any():
+                continue
+            ax.plot(x[ok], y[ok], style, marker="o", markersize=3, label=label)
+            drawn += 1
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not recorded in this run", ha="center", va="center", transform=ax.transAxes, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.ticklabel_format(axis="y", useOffset=False)  # loc bias moves by 0.01 around 50: show the values
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -126,6 +126,11 @@ class SoftminHead(nn.Module):
         lung_frac_min: lung fraction a cubelet needs to be valid when a lung mask is given (used by the model via
             :func:`cubelet_valid_mask`).
         entropy_weight, smooth_weight: regulariser weights (0 = off).
+        map_upsample: f ≥ 1; with f > 1, :math:`\ell` is interpolated trilinearly (``align_corners=False``: cubelet
+            centres keep their values) onto a grid f times finer, each fine cell inherits its cubelet's validity,
+            and p, :math:`\hat\mu` and the regularisers use the fine grid (``p``/``loc``/``valid`` are returned on
+            it). The map's peak then sits at the sub-cubelet nearest the neighbouring low-loc cubelets instead of the
+            centre of a rim cubelet.
     """
 
     has_localisation = True
@@ -133,9 +138,12 @@ class SoftminHead(nn.Module):
     def __init__(self, in_dim: int, *, hidden: Sequence[int] = (64,), beta_init: float = 5.0,
                  learn_beta: bool = True, loc_bias_init: float = 50.0, learn_loc_bias: bool = True,
                  loc_scale: float = 10.0, lung_frac_min: float = 0.5, entropy_weight: float = 0.0,
-                 smooth_weight: float = 0.0):
+                 smooth_weight: float = 0.0, map_upsample: int = 1):
         super().__init__()
         hidden = _check_common(in_dim, hidden, loc_bias_init, lung_frac_min, loc_scale)
+        if int(map_upsample) != map_upsample or map_upsample < 1:
+            raise ValueError(f"map_upsample must be an integer >= 1, got {map_upsample}.")
+        self.map_upsample = int(map_upsample)
         if beta_init <= 0:
             raise ValueError(f"beta_init must be > 0, got {beta_init}.")
         if smooth_weight < 0:
@@ -159,16 +167,27 @@ class SoftminHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         loc = self.locs(tokens)
+        if self.map_upsample > 1:  # a finer map: loc between cubelet centres, p and pred over the fine grid
+            f = self.map_upsample
+            loc = F.interpolate(loc, scale_factor=f, mode="trilinear", align_corners=False)
+            valid = valid.repeat_interleave(f, 2).repeat_interleave(f, 3).repeat_interleave(f, 4)
         valid = valid.expand_as(loc)
         b = loc.shape[0]
         p = masked_softmin(loc.reshape(b, -1), valid.reshape(b, -1), self.beta).reshape(loc.shape)
         pred = (p * loc).flatten(1).sum(1)
         reg = loc.new_zeros(())
         if self.entropy_weight:
-            reg = reg + self.entropy_weight * torch.xlogy(p, p).flatten(1).sum(1).mean()
+            reg = reg + self.entropy_weight * _neg_entropy(p)
         if self.smooth_weight:
             reg = reg + self.smooth_weight * _smoothness(loc, valid)
         return {"pred": pred, "p": p, "loc": loc, "valid": valid, "reg_loss": reg}
+
+
+def _neg_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of Σ p log p, with a gradient that stays finite when some p underflow to exactly 0 (a sharp
+    softmin map): ``xlogy``'s derivative log p + 1 is −inf there, and the softmax backward turns 0 · inf into NaN.
+    The value equals ``xlogy(p, p)`` wherever p ≥ 1e-30."""
+    return (p * p.clamp_min(1e-30).log()).flatten(1).sum(1).mean()
 
 
 def _smoothness(loc: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -196,7 +215,7 @@ class MeanPoolHead(nn.Module):
 
     Args:
         in_dim, hidden, loc_bias_init, learn_loc_bias, loc_scale, lung_frac_min: as for :class:`SoftminHead`.
-        beta_init, learn_beta: accepted and ignored, so that a config can switch heads by name alone.
+        beta_init, learn_beta, map_upsample: accepted and ignored, so that a config can switch heads by name alone.
         entropy_weight, smooth_weight: must be 0 (there is no heatmap to regularise).
     """
 
@@ -205,7 +224,7 @@ class MeanPoolHead(nn.Module):
     def __init__(self, in_dim: int, *, hidden: Sequence[int] = (64,), loc_bias_init: float = 50.0,
                  learn_loc_bias: bool = True, loc_scale: float = 10.0, lung_frac_min: float = 0.5,
                  beta_init: float = 5.0, learn_beta: bool = True, entropy_weight: float = 0.0,
-                 smooth_weight: float = 0.0):
+                 smooth_weight: float = 0.0, map_upsample: int = 1):
         super().__init__()
         hidden = _check_common(in_dim, hidden, loc_bias_init, lung_frac_min, loc_scale)
         if entropy_weight or smooth_weight:

@@ -1,5 +1,6 @@
 """Heads: softmin properties (p = 0 off the valid set, sums to 1, shift invariance), regularisers, every head."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +117,55 @@ def test_softmin_ill_arguments(kwargs):
 def test_meanpool_rejects_regularisers():
     with pytest.raises(ValueError, match="regularise"):
         HEADS.build({"name": "meanpool", "entropy_weight": 0.1}, in_dim=8)
+
+
+def test_entropy_regulariser_gradient_is_finite_when_p_underflows():
+    """A sharp map: most valid p are exactly 0 in float32. xlogy's gradient would be NaN there."""
+    torch.manual_seed(torch.seed() % 2**31)
+    head = SoftminHead(8, beta_init=50.0, entropy_weight=0.02, loc_scale=100.0)
+    tokens = torch.randn(2, 8, 3, 3, 3, requires_grad=True)
+    res = head(tokens, _valid(2, (3, 3, 3)))
+    assert (res["p"][res["valid"]] == 0).any()  # the case this test is about
+    p64 = res["p"].detach().double()
+    ref = sum(float((pi[pi > 0] * pi[pi > 0].log()).sum()) for pi in p64) / 2
+    assert res["reg_loss"].item() == pytest.approx(0.02 * ref, rel=1e-5, abs=1e-9)
+    (res["pred"].sum() + res["reg_loss"]).backward()
+    assert torch.isfinite(tokens.grad).all()
+    assert all(torch.isfinite(prm.grad).all() for prm in head.parameters() if prm.grad is not None)
+
+
+def test_map_upsample_interpolates_loc_between_cubelet_centres():
+    torch.manual_seed(torch.seed() % 2**31)
+    coarse = SoftminHead(8, hidden=[8])
+    fine = SoftminHead(8, hidden=[8], map_upsample=2)
+    fine.load_state_dict(coarse.state_dict())
+    tokens = torch.randn(2, 8, 2, 3, 2)
+    valid = _valid(2, (2, 3, 2))
+    valid[1, 0, 0, 0, 0] = False
+    with torch.no_grad():
+        c, f = coarse(tokens, valid), fine(tokens, valid)
+    assert f["p"].shape == (2, 1, 4, 6, 4)
+    # reference trilinear interpolation (align_corners=False, edge-clamped) in float64, one axis at a time
+    loc = c["loc"].double().numpy()
+
+    def interp(a, axis):
+        n = a.shape[axis]
+        out = []
+        for j in range(2 * n):
+            x = min(max((j + 0.5) / 2 - 0.5, 0.0), n - 1.0)
+            lo = int(np.floor(x))
+            hi = min(lo + 1, n - 1)
+            w = x - lo
+            out.append((1 - w) * np.take(a, lo, axis) + w * np.take(a, hi, axis))
+        return np.stack(out, axis)
+
+    ref = interp(interp(interp(loc, 2), 3), 4)
+    np.testing.assert_allclose(f["loc"].double().numpy(), ref, rtol=1e-5)
+    fv = f["valid"]
+    for b, _, z, y, x in np.ndindex(*fv.shape):  # each fine cell inherits its cubelet's validity
+        assert bool(fv[b, 0, z, y, x]) == bool(valid[b, 0, z // 2, y // 2, x // 2])
+    assert (f["p"][~fv] == 0).all()
+    np.testing.assert_allclose(f["p"].flatten(1).sum(1).numpy(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(f["pred"].double().numpy(), (f["p"].double() * f["loc"].double()).flatten(1).sum(1).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="map_upsample"):
+        SoftminHead(8, map_upsample=0)

@@ -1,0 +1,101 @@
+"""Training diagnostics: output_diagnostics against a float64 numpy reference on fresh random maps, the
+diagnostics columns of metrics.csv, and predictions that do not depend on whether diagnostics are computed."""
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from survival3d.contracts import SurvivalOutput
+from survival3d.engine.experiment import run_experiment
+from survival3d.engine.inference import output_diagnostics, predict_arrays
+from survival3d.engine.survival_task import METRICS_COLUMNS, diagnostics
+
+
+def _reference(p, loc, valid, mask, ps):
+    """Per-case float64 values computed voxel by voxel with plain loops."""
+    b, _, d, h, w = p.shape
+    rows = []
+    for k in range(b):
+        pk, lk, vk = p[k, 0].astype(np.float64), loc[k, 0].astype(np.float64), valid[k, 0]
+        nz = pk[pk > 0]
+        ent = float(-(nz * np.log(nz)).sum())
+        sd = float(np.std(lk[vk]))
+        lesion = np.zeros((d, h, w), bool)
+        for z, y, x in np.argwhere(mask[k, 0] > 0.5):
+            lesion[z // ps, y // ps, x // ps] = True
+        mass = float(pk[lesion].sum()) if lesion.any() else None
+        rows.append({"p_entropy": ent, "p_max": float(pk.max()), "loc_sd": sd, "p_lesion": mass})
+    return rows
+
+
+def test_output_diagnostics_matches_reference(rng):
+    b, ps, grid, size = 5, 4, (3, 3, 2), (12, 11, 7)  # the image does not fill the grid: padded cubelets
+    valid = rng.random((b, 1, *grid)) < 0.7
+    valid[:, 0, 0, 0, 0] = True
+    logits = rng.normal(0, 2, (b, 1, *grid))
+    p = np.where(valid, np.exp(logits), 0.0)
+    p = p / p.reshape(b, -1).sum(1).reshape(b, 1, 1, 1, 1)
+    loc = rng.uniform(5, 90, (b, 1, *grid))
+    mask = np.zeros((b, 1, *size), np.float32)
+    for k in range(b - 1):  # the last case has no lesion
+        z, y, x = rng.integers(0, size[0]), rng.integers(0, size[1]), rng.integers(0, size[2])
+        mask[k, 0, max(z - 2, 0):z + 2, max(y - 1, 0):y + 3, x:x + 2] = 1
+    out = SurvivalOutput(pred=torch.zeros(b), risk=torch.zeros(b), p=torch.tensor(p, dtype=torch.float32),
+                         loc=torch.tensor(loc, dtype=torch.float32), valid=torch.tensor(valid))
+    batch = {"image": torch.zeros(b, 1, *size), "mask": torch.tensor(mask)}
+    sums = {k: float(v) for k, v in output_diagnostics(out, batch, ps).items()}
+    ref = _reference(p, loc, valid, mask, ps)
+    for name in ("p_entropy", "p_max", "loc_sd"):
+        assert sums[f"n_{name}"] == b
+        assert sums[name] == pytest.approx(sum(r[name] for r in ref), rel=1e-5)
+    with_lesion = [r["p_lesion"] for r in ref if r["p_lesion"] is not None]
+    assert sums["n_p_lesion"] == len(with_lesion) == b - 1
+    assert sums["p_lesion"] == pytest.approx(sum(with_lesion), rel=1e-5)
+    assert "p_distractor" not in sums  # no distractor masks in the batch
+
+    means = diagnostics(torch.nn.Module(), torch.nn.Module(), sums)
+    assert means["p_lesion"] == pytest.approx(np.mean(with_lesion), rel=1e-5)
+    assert set(means) == {"p_entropy", "p_max", "loc_sd", "p_lesion"}  # no head parameters, no learnable var
+
+
+def test_uniform_and_one_hot_maps_give_closed_form_entropy():
+    grid = (2, 2, 2)
+    p = torch.zeros(2, 1, *grid)
+    p[0] = 1 / 8
+    p[1, 0, 1, 0, 1] = 1.0
+    loc = torch.full((2, 1, *grid), 30.0)
+    out = SurvivalOutput(pred=torch.zeros(2), risk=torch.zeros(2), p=p, loc=loc, valid=torch.ones(2, 1, *grid, dtype=torch.bool))
+    s = output_diagnostics(out, {"image": torch.zeros(2, 1, 8, 8, 8)}, 4)
+    assert float(s["p_entropy"]) == pytest.approx(math.log(8), rel=1e-6)  # log 8 + 0
+    assert float(s["p_max"]) == pytest.approx(1 / 8 + 1.0)
+    assert float(s["loc_sd"]) == 0.0
+    assert output_diagnostics(SurvivalOutput(pred=torch.zeros(2), risk=torch.zeros(2)), {"image": torch.zeros(2, 1, 8, 8, 8)}) == {}
+
+
+def test_metrics_csv_has_diagnostics_and_predictions_do_not_depend_on_them(tiny_cfg, components):
+    cfg = tiny_cfg("loss.learn_var=true")
+    run_experiment(cfg, components=components)
+    run = Path(cfg.out_dir) / cfg.name
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(METRICS_COLUMNS)
+    for r in rows:
+        for col in ("p_entropy", "p_max", "loc_sd", "p_lesion", "var"):
+            assert r[col] != "" and math.isfinite(float(r[col])), col
+        assert 0 < float(r["p_max"]) <= 1 and 0 <= float(r["p_lesion"]) <= 1 and float(r["var"]) > 0
+    # the same weights give the same predictions with and without the diagnostics pass
+    from survival3d.engine.checkpoint import load_trained
+
+    from survival3d.data.datasets import collate_cases
+
+    trained = load_trained(run / "checkpoints" / "last.pt", device="cpu", components=components)
+    ds = trained.dataset(ids=trained.split["val"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, shuffle=False, collate_fn=collate_cases)
+    a = predict_arrays(trained.model, loader, torch.device("cpu"))
+    b = predict_arrays(trained.model, loader, torch.device("cpu"), diagnostics=True)
+    np.testing.assert_array_equal(a["pred_time"], b["pred_time"])
+    assert "diag" in b and "diag" not in a
