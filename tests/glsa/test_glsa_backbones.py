@@ -7,13 +7,6 @@ from survival3d.glsa.backbones import BACKBONES, GLSANet, create_model, pretrain
 from survival3d.glsa.block import GLSABlock
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The test machine's cores are shared: one torch thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 EXPECTED = {f"resnet{d}" for d in (18, 34, 50, 101, 152)} | {f"vgg{d}{s}" for d in (11, 13, 16, 19) for s in ("", "_bn")}

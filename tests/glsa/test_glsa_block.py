@@ -9,13 +9,6 @@ from survival3d.errors import ConfigError
 from survival3d.glsa import ATTENTION, FUSION, RESIDUAL, GlobalSelfAttention, GLSABlock
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The test machine's cores are shared: one torch thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 CHANNELS, HEADS = 16, 4

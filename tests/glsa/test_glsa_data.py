@@ -22,13 +22,6 @@ from survival3d.glsa.data import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The test machine's cores are shared: one torch thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _jpeg(path, rng, size=12):

@@ -2,7 +2,6 @@ import math
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 from scipy.stats import ttest_rel
 
@@ -11,13 +10,6 @@ from survival3d.errors import ConfigError
 from survival3d.glsa.experiments import expand_plan, load_plan, paired_p_value
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The test machine's cores are shared: one torch thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _plan(tmp_path, **extra):

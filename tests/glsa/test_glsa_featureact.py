@@ -7,13 +7,6 @@ from torch.nn import functional as F
 from survival3d.layers.attention import FeatureAct
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The test machine's cores are shared: one torch thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def loop_reference(m: FeatureAct, x: torch.Tensor) -> torch.Tensor:

@@ -23,12 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(widths=(8, 16, 16, 32), hidden=(32, 16))
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _seed():

@@ -7,13 +7,6 @@ from survival3d.errors import ConfigError
 from survival3d.glsa.losses import LOSSES, build_loss, class_balanced_weights, focal_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The test machine's cores are shared: one torch thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _batch(b=17, k=7):

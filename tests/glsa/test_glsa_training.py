@@ -13,13 +13,6 @@ from survival3d.glsa.data import build_dataset
 from survival3d.glsa.trainer import classification_metrics, load_classifier, make_run_name, train
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The test machine's cores are shared: one torch thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_classification_metrics_match_sklearn(rng):

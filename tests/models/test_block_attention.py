@@ -14,12 +14,6 @@ SMALL = ["model.embed_dim=16", "model.depth=2", "model.num_heads=2", "model.wind
 VARIANTS = ["se", "cbam", "featureact"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model(*overrides):
