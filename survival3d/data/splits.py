@@ -156,6 +156,36 @@ def write_splits(splits: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
+def read_id_table(path: str | Path, *, field: str, columns: Sequence[str] = ("id",), what: str = "file",
+                  duplicate_hint: str = "") -> pd.DataFrame:
+    """An id-keyed CSV (splits, covariates): one-line :class:`InputError` naming the file for a missing file, an
+    unreadable CSV, a missing column or duplicate ids; ``id`` is read as stripped text.
+
+    Args:
+        path: the CSV.
+        field: the option or config key the path came from (named when the file is missing).
+        columns: columns that must exist.
+        what: what the file is, for the messages.
+        duplicate_hint: appended to the duplicate-id message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found.", path=path, field=field)
+    try:
+        df = pd.read_csv(path, dtype={"id": str}, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InputError(f"not a readable CSV file ({e}).", path=path) from None
+    for col in columns:
+        if col not in df.columns:
+            raise InputError(f"missing column {col!r} (columns: {list(df.columns)}).", path=path, field=col)
+    df["id"] = df["id"].astype(str).str.strip()
+    dup = sorted(set(df.loc[df["id"].duplicated(), "id"]))
+    if dup:
+        hint = f": {duplicate_hint}" if duplicate_hint else ""
+        raise InputError(f"duplicate id(s) {dup[:5]}{hint}.", path=path, field="id")
+    return df
+
+
 def read_splits(path: str | Path, ids: Sequence[str]) -> dict[str, int]:
     """Read a splits CSV (``id,fold``, as :func:`patient_kfold` / ``data_prep/make_splits.py`` write it) for the cases
     ``ids``: ``{id: fold}`` with folds numbered 0 … k − 1.
@@ -165,19 +195,8 @@ def read_splits(path: str | Path, ids: Sequence[str]) -> dict[str, int]:
             that are not cases of the data, or cases the file does not list (naming the file, the column and ids).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError("splits file not found.", path=path, field="data.splits")
-    try:
-        df = pd.read_csv(path, dtype={"id": str}, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise InputError(f"not a readable CSV file ({e}).", path=path) from None
-    for col in ("id", "fold"):
-        if col not in df.columns:
-            raise InputError(f"missing column {col!r} (columns: {list(df.columns)}).", path=path, field=col)
-    df["id"] = df["id"].astype(str).str.strip()
-    dup = sorted(set(df.loc[df["id"].duplicated(), "id"]))
-    if dup:
-        raise InputError(f"duplicate id(s) {dup[:5]}: every case belongs to one fold.", path=path, field="id")
+    df = read_id_table(path, field="data.splits", columns=("id", "fold"), what="splits file",
+                       duplicate_hint="every case belongs to one fold")
     fold = pd.to_numeric(df["fold"], errors="coerce")
     bad = fold.isna() | (fold != fold.round())
     if bad.any():

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from survival3d.data.datasets import collate_cases
+from survival3d.data.splits import read_id_table
 from survival3d.data.plan import check_same_plan, describe_plan, read_sidecar, settings_from_plan
 from survival3d.data.preprocess import map_to_original
 from survival3d.data.transforms import deterministic_transforms
@@ -69,20 +70,7 @@ def _is_blank(v) -> bool:
 
 
 def _read_covariates(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("covariates file not found.", path=path, field="--covariates")
-    try:
-        df = pd.read_csv(path, dtype={"id": str}, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise InputError(f"not a readable CSV file ({e}).", path=path) from None
-    if "id" not in df.columns:
-        raise InputError(f"no 'id' column (columns: {list(df.columns)}).", path=path, field="id")
-    df["id"] = df["id"].astype(str).str.strip()
-    dup = sorted(set(df.loc[df["id"].duplicated(), "id"]))
-    if dup:
-        raise InputError(f"duplicate id(s) {dup[:5]}.", path=path, field="id")
-    return df.set_index("id")
+    return read_id_table(path, field="--covariates", what="covariates file").set_index("id")
 
 
 def cases_from_inputs(paths: Sequence[str | Path], ids: Sequence[str] | None = None,
