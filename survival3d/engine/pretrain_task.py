@@ -37,8 +37,9 @@ from survival3d.config import save_config
 from survival3d.data.covariates import CovariateEncoder
 from survival3d.data.datasets import build_dataset, collate_cases
 from survival3d.data.unlabelled import image_cases, split_unlabelled
-from survival3d.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, init_distributed
+from survival3d.engine.distributed import DistInfo, all_reduce_sum, init_distributed
 from survival3d.engine.loop import Engine, EngineSettings, Task
+from survival3d.engine.survival_task import make_loaders
 from survival3d.errors import ConfigError, InputError
 from survival3d.io import atomic_path, write_json
 from survival3d.models.blocks.vq import usage_stats
@@ -106,15 +107,8 @@ class PretrainTask(Task):
         self.val_ds = build_dataset(self.cases, self.split["val"], enc, cfg.data, train=False)
         self.model = build_pretrain_model(cfg).to(self.device)
         self.module = _Step(torch.compile(self.model) if t.compile else self.model, self.amp)
-        from torch.utils.data import DataLoader, DistributedSampler
-
-        dist = engine.dist
-        self.train_sampler = DistributedSampler(self.train_ds, num_replicas=dist.world_size, rank=dist.rank,
-                                                shuffle=True, seed=int(t.seed), drop_last=False)
-        common = dict(batch_size=int(cfg.data.batch_size), collate_fn=collate_cases, num_workers=int(cfg.data.num_workers),
-                      persistent_workers=int(cfg.data.num_workers) > 0)
-        self.train_loader = DataLoader(self.train_ds, sampler=self.train_sampler, **common)
-        self.val_loader = DataLoader(self.val_ds, sampler=ShardSampler(len(self.val_ds), dist), **common)
+        self.train_sampler, self.train_loader, self.val_loader = make_loaders(
+            self.train_ds, self.val_ds, cfg.data, seed=int(t.seed), dist=engine.dist, device=self.device)
 
     def param_groups(self, engine: Engine) -> list:
         from survival3d.engine.optim import decay_groups

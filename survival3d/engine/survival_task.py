@@ -119,6 +119,34 @@ def check_train_config(cfg) -> None:
             raise ConfigError(f"{key} must be >= {lo}, got {val}.")
 
 
+def make_loaders(train_ds, val_ds, data_cfg, *, seed: int, dist: DistInfo, device: torch.device):
+    """``(train_sampler, train_loader, val_loader)`` of a 3D task: the training cases shuffled and sharded over the
+    ranks (``DistributedSampler``, seeded; the engine sets its epoch), the validation cases sharded in order; MONAI's
+    ``ThreadDataLoader`` when ``data.loader`` is ``thread`` (``auto``: when the cache lives on the GPU), else torch's
+    ``DataLoader`` (pinned memory when feeding a GPU from a CPU cache)."""
+    loader_kind = data_cfg.loader
+    if loader_kind == "auto":
+        loader_kind = "thread" if data_cfg.cache_device != "cpu" else "torch"
+    if loader_kind not in ("torch", "thread"):
+        raise ConfigError(f"data.loader must be auto, torch or thread, got '{data_cfg.loader}'.")
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    train_sampler = DistributedSampler(train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                                       seed=int(seed), drop_last=False)
+    val_sampler = ShardSampler(len(val_ds), dist)
+    workers = int(data_cfg.num_workers)
+    common = dict(batch_size=int(data_cfg.batch_size), collate_fn=collate_cases)
+    if loader_kind == "thread":
+        from monai.data import ThreadDataLoader
+
+        return (train_sampler, ThreadDataLoader(train_ds, sampler=train_sampler, num_workers=workers, **common),
+                ThreadDataLoader(val_ds, sampler=val_sampler, num_workers=workers, **common))
+    pin = device.type == "cuda" and data_cfg.cache_device == "cpu"
+    extra = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    return (train_sampler, DataLoader(train_ds, sampler=train_sampler, **common, **extra),
+            DataLoader(val_ds, sampler=val_sampler, **common, **extra))
+
+
 def engine_settings(cfg, run_dir: Path) -> EngineSettings:
     """The engine's settings for a survival experiment config."""
     t, o, lg = cfg.train, cfg.optim, cfg.logging
@@ -170,12 +198,12 @@ class SurvivalTask(Task):
         if state is not None and state.get("split") != self.split:
             raise InputError("the checkpoint was trained on a different train/validation split than this run's splits.json.",
                              path=engine.ckpt_dir / "last.pt", field="split")
+        train_records = self.cases.subset(self.split["train"])
         if state is not None:
             self.encoder = CovariateEncoder.from_state(state["covariate_encoder"])
         else:
             self.encoder = CovariateEncoder(list(cfg.data.covariates.numeric), list(cfg.data.covariates.categorical))
-            self.encoder.fit(self.cases.subset(self.split["train"]), source=self.cases.source)
-        train_records = self.cases.subset(self.split["train"])
+            self.encoder.fit(train_records, source=self.cases.source)
         if state is not None and state.get("time_grid"):
             self.time_grid = TimeGrid.from_state(state["time_grid"])
         else:  # the time grid is a property of the training data (loss.tmax=auto), like the covariate encoder
@@ -197,32 +225,8 @@ class SurvivalTask(Task):
         self.loss_fn = self.components.loss(grid_cfg.loss).to(self.device)
         step_model = torch.compile(self.model) if t.compile else self.model
         self.module = _ModelAndLoss(step_model, self.loss_fn, self.amp, self.time_grid)
-        self._make_loaders(engine)
-
-    def _make_loaders(self, engine: Engine) -> None:
-        cfg, dist = self.cfg, engine.dist
-        loader_kind = cfg.data.loader
-        if loader_kind == "auto":
-            loader_kind = "thread" if cfg.data.cache_device != "cpu" else "torch"
-        if loader_kind not in ("torch", "thread"):
-            raise ConfigError(f"data.loader must be auto, torch or thread, got '{cfg.data.loader}'.")
-        from torch.utils.data import DataLoader, DistributedSampler
-
-        self.train_sampler = DistributedSampler(self.train_ds, num_replicas=dist.world_size, rank=dist.rank,
-                                                shuffle=True, seed=int(cfg.train.seed), drop_last=False)
-        val_sampler = ShardSampler(len(self.val_ds), dist)
-        workers = int(cfg.data.num_workers)
-        common = dict(batch_size=int(cfg.data.batch_size), collate_fn=collate_cases)
-        if loader_kind == "thread":
-            from monai.data import ThreadDataLoader
-
-            self.train_loader = ThreadDataLoader(self.train_ds, sampler=self.train_sampler, num_workers=workers, **common)
-            self.val_loader = ThreadDataLoader(self.val_ds, sampler=val_sampler, num_workers=workers, **common)
-        else:
-            pin = self.device.type == "cuda" and cfg.data.cache_device == "cpu"
-            extra = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
-            self.train_loader = DataLoader(self.train_ds, sampler=self.train_sampler, **common, **extra)
-            self.val_loader = DataLoader(self.val_ds, sampler=val_sampler, **common, **extra)
+        self.train_sampler, self.train_loader, self.val_loader = make_loaders(
+            self.train_ds, self.val_ds, cfg.data, seed=int(t.seed), dist=engine.dist, device=self.device)
 
     def param_groups(self, engine: Engine) -> list:
         from survival3d.engine.optim import decay_groups
