@@ -15,9 +15,16 @@ __all__ = ["model_inputs", "forward", "autocast", "predict_arrays", "predictions
            "DIAGNOSTIC_SUMS"]
 
 
-def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move the tensors of a batch dict to ``device`` (non-blocking from pinned memory)."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+def to_device(batch: Any, device: torch.device) -> Any:
+    """The tensors of a batch — a tensor, a dict (the 3D tasks) or a tuple/list (the 2D tasks) of tensors and other
+    values — on ``device``, non-blocking (from pinned memory)."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(v.to(device, non_blocking=True) if torch.is_tensor(v) else v for v in batch)
+    return batch
 
 
 #: Batch keys passed to the model's forward besides the image, with the dtype each is given.

@@ -46,12 +46,13 @@ import torch
 from survival3d.engine.checkpoint import (check_best_pair, load_checkpoint, load_weights_checked, rng_state, save_checkpoint,
                                          set_rng_state)
 from survival3d.engine.distributed import DistInfo, all_reduce_sum, select_device
+from survival3d.engine.inference import to_device
 from survival3d.engine.optim import Schedule, build_optimizer, build_scheduler
 from survival3d.errors import ConfigError, InputError
 from survival3d.io import atomic_write, remove_stale_temps
 from survival3d.runtime import seed_everything
 
-__all__ = ["Engine", "EngineSettings", "Task", "NonFiniteLossError", "move_to_device"]
+__all__ = ["Engine", "EngineSettings", "Task", "NonFiniteLossError"]
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +69,6 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
     exit_code = 3
-
-
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors of a batch (a dict, tuple or list of tensors and other values) on ``device``, non-blocking."""
-    if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(v.to(device, non_blocking=True) if torch.is_tensor(v) else v for v in batch)
-    return batch
 
 
 @dataclass
@@ -370,7 +360,7 @@ class Engine:
             except StopIteration:
                 break
             i += 1
-            batch = move_to_device(batch, dev)
+            batch = to_device(batch, dev)
             wait += time.perf_counter() - t0
             out = task.training_step(self.train_module, batch)
             loss = out["loss"]
