@@ -126,8 +126,9 @@ class SoftminHead(nn.Module):
         lung_frac_min: lung fraction a cubelet needs to be valid when a lung mask is given (used by the model via
             :func:`cubelet_valid_mask`).
         entropy_weight, smooth_weight: regulariser weights (0 = off).
-        map_upsample: f ≥ 1; with f > 1, :math:`\ell` is interpolated trilinearly (``align_corners=False``: cubelet
-            centres keep their values) onto a grid f times finer, each fine cell inherits its cubelet's validity,
+        map_upsample: f ≥ 1; with f > 1, :math:`\ell` of the valid cubelets is interpolated trilinearly
+            (``align_corners=False``: cubelet centres keep their values; invalid cubelets take no part, see
+            :func:`_masked_upsample`) onto a grid f times finer, each fine cell inherits its cubelet's validity,
             and p, :math:`\hat\mu` and the regularisers use the fine grid (``p``/``loc``/``valid`` are returned on
             it). The map's peak then sits at the sub-cubelet nearest the neighbouring low-loc cubelets instead of the
             centre of a rim cubelet.
@@ -169,7 +170,7 @@ class SoftminHead(nn.Module):
         loc = self.locs(tokens)
         if self.map_upsample > 1:  # a finer map: loc between cubelet centres, p and pred over the fine grid
             f = self.map_upsample
-            loc = F.interpolate(loc, scale_factor=f, mode="trilinear", align_corners=False)
+            loc = _masked_upsample(loc, valid, f)
             valid = valid.repeat_interleave(f, 2).repeat_interleave(f, 3).repeat_interleave(f, 4)
         valid = valid.expand_as(loc)
         b = loc.shape[0]
@@ -181,6 +182,25 @@ class SoftminHead(nn.Module):
         if self.smooth_weight:
             reg = reg + self.smooth_weight * _smoothness(loc, valid)
         return {"pred": pred, "p": p, "loc": loc, "valid": valid, "reg_loss": reg}
+
+
+def _masked_upsample(loc: torch.Tensor, valid: torch.Tensor, f: int) -> torch.Tensor:
+    r"""Trilinear upsampling by f of the valid cubelets' loc alone (normalised interpolation).
+
+    .. math:: \ell^\mathrm{fine} = \frac{\mathcal{I}(v \, \ell)}{\mathcal{I}(v)}
+
+    with :math:`\mathcal{I}` trilinear interpolation (``align_corners=False``, edge-clamped) and :math:`v` the
+    validity: an invalid cubelet (outside the lungs, padding) never pulls its neighbours' fine cells towards its loc.
+    Every fine cell of a valid cubelet has :math:`\mathcal{I}(v) > 0` (its own centre carries weight ≥ (1/2)^3); where
+    every cubelet is valid, :math:`\mathcal{I}(v) = 1` and this is plain trilinear interpolation (bit for bit at f = 2).
+    Fine cells with :math:`\mathcal{I}(v) = 0` (inside invalid cubelets, which the softmin ignores) get the plain
+    interpolation."""
+    v = valid.expand_as(loc).to(loc.dtype)
+    up = dict(scale_factor=f, mode="trilinear", align_corners=False)
+    num = F.interpolate(loc * v, **up)
+    den = F.interpolate(v, **up)
+    plain = F.interpolate(loc, **up)
+    return torch.where(den > 0, num / den.clamp_min(1e-12), plain)
 
 
 def _neg_entropy(p: torch.Tensor) -> torch.Tensor:

@@ -140,7 +140,7 @@ def test_map_upsample_interpolates_loc_between_cubelet_centres():
     fine = SoftminHead(8, hidden=[8], map_upsample=2)
     fine.load_state_dict(coarse.state_dict())
     tokens = torch.randn(2, 8, 2, 3, 2)
-    valid = _valid(2, (2, 3, 2))
+    valid = torch.ones(2, 1, 2, 3, 2, dtype=torch.bool)
     valid[1, 0, 0, 0, 0] = False
     with torch.no_grad():
         c, f = coarse(tokens, valid), fine(tokens, valid)
@@ -159,9 +159,16 @@ def test_map_upsample_interpolates_loc_between_cubelet_centres():
             out.append((1 - w) * np.take(a, lo, axis) + w * np.take(a, hi, axis))
         return np.stack(out, axis)
 
-    ref = interp(interp(interp(loc, 2), 3), 4)
-    np.testing.assert_allclose(f["loc"].double().numpy(), ref, rtol=1e-5)
+    def interp3(a):
+        return interp(interp(interp(a, 2), 3), 4)
+
+    v = valid.double().numpy()
     fv = f["valid"]
+    # normalised interpolation: the invalid cubelet of case 1 takes no part in its neighbours' fine values
+    ref = np.where(interp3(v) > 0, interp3(loc * v) / np.maximum(interp3(v), 1e-300), interp3(loc))
+    np.testing.assert_allclose(f["loc"].double().numpy(), ref, rtol=1e-5)
+    np.testing.assert_allclose(f["loc"][0].double().numpy(), interp3(loc)[0], rtol=1e-5)  # all valid: plain
+    assert not np.allclose(ref[1], interp3(loc)[1])  # the masked cubelet changes its neighbours' fine cells
     for b, _, z, y, x in np.ndindex(*fv.shape):  # each fine cell inherits its cubelet's validity
         assert bool(fv[b, 0, z, y, x]) == bool(valid[b, 0, z // 2, y // 2, x // 2])
     assert (f["p"][~fv] == 0).all()
@@ -169,3 +176,30 @@ def test_map_upsample_interpolates_loc_between_cubelet_centres():
     np.testing.assert_allclose(f["pred"].double().numpy(), (f["p"].double() * f["loc"].double()).flatten(1).sum(1).numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="map_upsample"):
         SoftminHead(8, map_upsample=0)
+
+
+@pytest.mark.parametrize("f", [2, 3])
+def test_map_upsample_ignores_invalid_cubelets(f):
+    """An invalid cubelet (outside the lungs) does not move p on the valid fine cells, whatever its loc; with every
+    cubelet valid the fine map is plain trilinear interpolation (bit for bit at f = 2)."""
+    torch.manual_seed(torch.seed() % 2**31)
+    head = SoftminHead(8, hidden=[8], map_upsample=f)
+    tokens = torch.randn(1, 8, 3, 3, 3)
+    valid = torch.ones(1, 1, 3, 3, 3, dtype=torch.bool)
+    valid[0, 0, 1, 1, 0] = False
+    with torch.no_grad():
+        a = head(tokens, valid)
+        changed = tokens.clone()
+        changed[0, :, 1, 1, 0] = 50 * torch.randn(8)  # a very different loc on the invalid cubelet
+        b = head(changed, valid)
+        assert (head.locs(tokens) - head.locs(changed))[0, 0, 1, 1, 0].abs() > 0.1
+        torch.testing.assert_close(a["p"], b["p"], rtol=0, atol=1e-7)
+        torch.testing.assert_close(a["pred"], b["pred"])
+        all_valid = torch.ones(1, 1, 3, 3, 3, dtype=torch.bool)
+        coarse = head.locs(tokens)
+        plain = torch.nn.functional.interpolate(coarse, scale_factor=f, mode="trilinear", align_corners=False)
+        out = head(tokens, all_valid)["loc"]
+        if f == 2:
+            assert torch.equal(out, plain)
+        else:
+            torch.testing.assert_close(out, plain)
