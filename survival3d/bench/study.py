@@ -1,0 +1,188 @@
+"""Train variants of one config over several seeds and score each run on validation and on fresh cases.
+
+The factor studies of docs/results.md (issue 18) and the head-map and real-anatomy seed tables are made with this
+module. It only drives the CLI (``train / dummy / evaluate / explain`` in subprocesses), so every run goes through
+the one training engine and every number can be re-read from the run folders it leaves behind.
+
+    python -m survival3d.bench.study STUDY.yaml [--jobs 2] [--only VARIANT ...]
+
+STUDY.yaml::
+
+    config: ../dummy1.yaml             # relative to the study file's folder (or to the working directory)
+    out: results_work/study_dummy1     # relative to the working directory: runs, fresh data, study.csv, summary.md
+    seeds: [0, 1, 2]
+    seed_keys: [train.seed]            # the config keys each seed is written to
+    overrides: [train.epochs=15]       # for every variant
+    variants:                          # name -> overrides (an empty list is the config as shipped)
+      shipped: []
+      var36: [loss.var_init=36]
+    fresh: {level: 1, n: 100, size: 32, seed: 9001}   # optional: fresh cases for evaluate + explain
+    explain_methods: head_grid         # scored on the fresh cases (localisation.csv of run.py explain)
+
+Outputs under ``out``: ``runs/<variant>_s<seed>/`` (run folders), ``eval/`` and ``explain/`` per run,
+``study.csv`` (one row per run) and ``summary.md`` (mean ± sample sd per variant). A run whose results exist is not
+trained again (resume by running the same command); ``--jobs`` runs that many trainings at once, each on
+``OMP_NUM_THREADS=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+CLI = [sys.executable, "-m", "survival3d.cli"]
+METRICS = ["val_c_index", "val_oracle", "val_gap", "val_p_lesion", "val_p_distractor", "fresh_c_index",
+           "fresh_oracle", "fresh_gap", "pointing_game", "energy_pg", "energy_pg_cubelet", "train_s"]
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    with open(log, "a") as fh:
+        fh.write("$ " + " ".join(cmd) + "\n")
+        fh.flush()
+        proc = subprocess.run(cmd, check=False, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[3]} exited {proc.returncode}; see {log}")
+
+
+def _resolve(path: str, base: Path) -> Path:
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    return (base / p) if (base / p).exists() else p.resolve()
+
+
+def _score(run: Path, ev: Path | None, ex: Path | None, method: str) -> dict:
+    hist = pd.read_csv(run / "metrics.csv")
+    last = hist.dropna(subset=["c_index"]).iloc[-1]
+    row = {
+        "val_c_index": float(last["c_index"]),
+        "val_oracle": float(last.get("c_index_oracle", np.nan)),
+        "val_p_lesion": float(last.get("p_lesion", np.nan)),
+        "val_p_distractor": float(last.get("p_distractor", np.nan)),
+        "train_s": float(hist["epoch_time_s"].sum()),
+        "epochs": int(last["epoch"]),
+    }
+    row["val_gap"] = row["val_c_index"] - row["val_oracle"]
+    if ev is not None:
+        m = json.loads((ev / "metrics.json").read_text())
+        row.update(fresh_c_index=m["c_index"], fresh_oracle=m.get("c_index_oracle", np.nan))
+        row["fresh_gap"] = row["fresh_c_index"] - row["fresh_oracle"]
+    if ex is not None:
+        loc = pd.read_csv(ex / "localisation.csv")
+        loc = loc[(loc["method"] == method) & loc["pointing_game"].notna()]
+        for k in ("pointing_game", "energy_pg", "energy_pg_cubelet"):
+            row[k] = float(loc[k].mean())
+        row["lesion_cases"] = len(loc)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("study")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--only", nargs="*", help="variants to run (default: all)")
+    args = ap.parse_args(argv)
+    study_file = Path(args.study).resolve()
+    spec = yaml.safe_load(study_file.read_text())
+    missing = [k for k in ("config", "out", "variants") if not isinstance(spec, dict) or k not in spec]
+    if missing:
+        ap.error(f"{study_file}: missing field(s) {', '.join(missing)}")
+    config = _resolve(spec["config"], study_file.parent)
+    out = Path(spec["out"]).resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    seeds = spec.get("seeds", [0])
+    seed_keys = spec.get("seed_keys", ["train.seed"])
+    common = list(spec.get("overrides", []))
+    variants = {k: list(v or []) for k, v in spec["variants"].items()}
+    if args.only:
+        unknown = sorted(set(args.only) - set(variants))
+        if unknown:
+            ap.error(f"{study_file}: no variant(s) {unknown}")
+        variants = {k: variants[k] for k in args.only}
+    fresh = spec.get("fresh")
+    method = spec.get("explain_methods", "head_grid")
+    fresh_manifest = None
+    if fresh:
+        fdir = out / "fresh"
+        fresh_manifest = fdir / "manifest.csv"
+        if not fresh_manifest.exists():
+            _run([*CLI, "dummy", "--level", str(fresh["level"]), "--n", str(fresh["n"]), "--size",
+                  str(fresh["size"]), "--seed", str(fresh["seed"]), "--out", str(fdir), "--overwrite",
+                  "--no-progress"], out / "logs" / "fresh.log")
+
+    def one(variant: str, seed: int) -> dict:
+        name = f"{variant}_s{seed}"
+        run = out / "runs" / name
+        log = out / "logs" / f"{name}.log"
+        t0 = time.time()
+        if not (run / "final_metrics.json").exists():
+            cmd = [*CLI, "train", "--config", str(config), f"out_dir={out / 'runs'}", f"name={name}",
+                   "train.heatmap=false", "logging.wandb=false", *common, *variants[variant],
+                   *(f"{k}={seed}" for k in seed_keys)]
+            if (run / "checkpoints" / "last.pt").exists():  # interrupted: continue exactly from the last epoch
+                cmd = [*CLI, "train", "--resume", str(run)]
+            elif run.exists():  # stopped before its first checkpoint: start again
+                shutil.rmtree(run)
+            _run(cmd, log)
+        ev = ex = None
+        if fresh_manifest is not None:
+            ev, ex = out / "eval" / name, out / "explain" / name
+            if not (ev / "metrics.json").exists():
+                _run([*CLI, "evaluate", "--checkpoint", str(run), "--data", str(fresh_manifest), "--out",
+                      str(ev), "--no-figures"], log)
+            if method and not (ex / "localisation.csv").exists():
+                _run([*CLI, "explain", "--checkpoint", str(run), "--data", str(fresh_manifest), "--out",
+                      str(ex), "--methods", method, "--no-views"], log)
+            elif not method:
+                ex = None
+        row = {"variant": variant, "seed": seed, **_score(run, ev, ex, method)}
+        print(f"{name}: " + ", ".join(f"{k} {row[k]:.3f}" for k in METRICS if k in row and k != "train_s")
+              + f"  ({time.time() - t0:.0f} s)", flush=True)
+        return row
+
+    tasks = [(v, s) for v in variants for s in seeds]
+
+    def safe(task: tuple[str, int]) -> dict | None:
+        try:
+            return one(*task)
+        except RuntimeError as exc:  # one failed run does not stop the study; it is reported and left out
+            print(f"{task[0]}_s{task[1]}: FAILED: {exc}", flush=True)
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        rows = [r for r in pool.map(safe, tasks) if r is not None]
+    if not rows:
+        print("no run finished", file=sys.stderr)
+        return 1
+    table = pd.DataFrame(rows)
+    csv = out / "study.csv"
+    if csv.exists() and args.only:  # keep the other variants' rows
+        old = pd.read_csv(csv)
+        table = pd.concat([old[~old["variant"].isin(variants)], table], ignore_index=True)
+    table.to_csv(csv, index=False)
+    cols = [c for c in METRICS if c in table and table[c].notna().any()]
+    lines = ["| variant | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for v, g in table.groupby("variant", sort=False):
+        cells = [f"{g[c].mean():.3f} ± {g[c].std(ddof=1):.3f}" if len(g) > 1 else f"{g[c].mean():.3f}"
+                 for c in cols]
+        lines.append(f"| {v} | {len(g)} | " + " | ".join(cells) + " |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {csv} and {out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""survival3d.bench.study: the variant × seed study driver (the CLI replaced by a fake that writes run outputs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from survival3d.bench import study
+
+
+def _fake_cli(values: dict, calls: list):
+    """A stand-in for the CLI subprocesses: writes the files each command leaves behind, with numbers from
+    ``values[(variant, seed)]``."""
+
+    def run(cmd, log):
+        calls.append(cmd[3:])
+        sub = cmd[3]
+        if sub == "dummy":
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "manifest.csv").write_text("id,image,time,event\n")
+            return
+        if sub == "train":
+            over = dict(a.split("=", 1) for a in cmd if "=" in a and not a.startswith("-"))
+            run_dir = Path(over["out_dir"]) / over["name"]
+            variant, seed = over["name"].rsplit("_s", 1)
+            v = values[(variant, int(seed))]
+            run_dir.mkdir(parents=True)
+            pd.DataFrame({"epoch": [1, 2], "epoch_time_s": [1.5, 2.5], "c_index": [0.5, v["c"]],
+                          "c_index_oracle": [0.8, 0.8], "p_lesion": [0.1, v["p"]],
+                          "p_distractor": [np.nan, np.nan]}).to_csv(run_dir / "metrics.csv", index=False)
+            (run_dir / "final_metrics.json").write_text("{}")
+            return
+        run_dir = Path(cmd[cmd.index("--checkpoint") + 1])
+        variant, seed = run_dir.name.rsplit("_s", 1)
+        v = values[(variant, int(seed))]
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True)
+        if sub == "evaluate":
+            (out / "metrics.json").write_text(json.dumps({"c_index": v["fc"], "c_index_oracle": 0.78}))
+        else:  # explain: two lesion cases and one without a lesion (NaN scores, left out)
+            pd.DataFrame({"case_id": ["a", "b", "c"], "method": ["head_grid"] * 3,
+                          "pointing_game": [1.0, v["pg"], np.nan], "energy_pg": [0.9, 0.7, np.nan],
+                          "energy_pg_cubelet": [1.0, 1.0, np.nan]}).to_csv(out / "localisation.csv", index=False)
+
+    return run
+
+
+def test_study_table_matches_the_runs(tmp_path, monkeypatch):
+    rng = np.random.default_rng()
+    values = {(v, s): {"c": rng.uniform(0.6, 0.9), "p": rng.uniform(), "fc": rng.uniform(0.6, 0.9),
+                       "pg": float(rng.integers(0, 2))}
+              for v in ("base", "var36") for s in (0, 1, 2)}
+    calls: list = []
+    monkeypatch.setattr(study, "_run", _fake_cli(values, calls))
+    spec = {"config": "cfg.yaml", "out": str(tmp_path / "out"), "seeds": [0, 1, 2],
+            "seed_keys": ["train.seed", "data.dummy.seed"], "overrides": ["train.epochs=2"],
+            "variants": {"base": [], "var36": ["loss.var_init=36"]},
+            "fresh": {"level": 1, "n": 10, "size": 16, "seed": 9}}
+    (tmp_path / "cfg.yaml").write_text("base: base.yaml\n")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert study.main([str(path), "--jobs", "2"]) == 0
+    table = pd.read_csv(tmp_path / "out" / "study.csv")
+    assert len(table) == 6
+    for (v, s), val in values.items():
+        row = table[(table.variant == v) & (table.seed == s)].iloc[0]
+        assert row.val_c_index == pytest.approx(val["c"])
+        assert row.val_gap == pytest.approx(val["c"] - 0.8)
+        assert row.val_p_lesion == pytest.approx(val["p"])
+        assert row.fresh_gap == pytest.approx(val["fc"] - 0.78)
+        assert row.pointing_game == pytest.approx((1.0 + val["pg"]) / 2)
+        assert row.energy_pg == pytest.approx(0.8)
+        assert row.train_s == pytest.approx(4.0)
+    train = [c for c in calls if c[0] == "train"]
+    assert len(train) == 6
+    for c in train:  # each seed goes to every seed key, after the variant's overrides
+        seed = next(a for a in c if a.startswith("name=")).rsplit("_s", 1)[1]
+        assert c[-2:] == [f"train.seed={seed}", f"data.dummy.seed={seed}"]
+    assert any("loss.var_init=36" in c and "data.dummy.seed=2" in c and "train.epochs=2" in c for c in train)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    base = [values[("base", s)]["c"] for s in range(3)]
+    assert f"{np.mean(base):.3f} ± {np.std(base, ddof=1):.3f}" in summary.splitlines()[2]
+
+    # a second call trains nothing (every result exists); --only keeps the other variants' rows
+    calls.clear()
+    assert study.main([str(path), "--only", "var36"]) == 0
+    assert calls == []
+    assert len(pd.read_csv(tmp_path / "out" / "study.csv")) == 6
+
+
+def test_study_reports_bad_spec_and_failed_runs(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("config: x.yaml\n")
+    with pytest.raises(SystemExit) as exc:
+        study.main([str(bad)])
+    assert exc.value.code == 2
+    assert "bad.yaml: missing field(s) out, variants" in capsys.readouterr().err
+
+    def failing(cmd, log):
+        raise RuntimeError(f"{cmd[3]} exited 1; see {log}")
+
+    monkeypatch.setattr(study, "_run", failing)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"config": "c.yaml", "out": str(tmp_path / "o"), "variants": {"a": []}}))
+    assert study.main([str(spec)]) == 1
+    assert "a_s0: FAILED: train exited 1" in capsys.readouterr().out
