@@ -20,6 +20,7 @@ from survival3d.registry import Registry
 __all__ = ["HEADS", "SoftminHead", "MeanPoolHead", "cubelet_valid_mask", "masked_softmin"]
 
 HEADS: Registry[nn.Module] = Registry("head")
+HEAD_CONTEXTS = ("none", "mean")  # what each cubelet's time sees besides its own token (SoftminHead ``context``)
 
 
 def cubelet_valid_mask(pad_valid: torch.Tensor, lung_frac: torch.Tensor | None = None,
@@ -100,6 +101,11 @@ class SoftminHead(nn.Module):
         p = \operatorname{softmin}_{V}(\beta (\ell - \operatorname{median}_V \ell)), \qquad
         \hat\mu = \sum_{i \in V} p_i \ell_i
 
+    With ``context="mean"`` every cubelet also sees the whole volume: :math:`\ell_i = \operatorname{softplus}(s \cdot
+    \mathrm{MLP}([\mathrm{LN}(x_i), \mathrm{LN}_g(\bar x)]) + b)` with :math:`\bar x = \frac{1}{|V|}\sum_{j \in V}
+    x_j` the mean valid token, so the winning cubelet's time can depend on how much of the volume is diseased (several
+    nodules, a pattern's extent) while p still points at the cubelets that are.
+
     The MLP has no biases and GELU activations (1-2 hidden layers); the loc bias :math:`b` and the inverse
     temperature :math:`\beta > 0` are learnable; the fixed scale :math:`s` (``loc_scale``) converts the MLP's
     O(1) outputs to time units, so per-cubelet times can spread over the time range within a few hundred
@@ -132,6 +138,8 @@ class SoftminHead(nn.Module):
             and p, :math:`\hat\mu` and the regularisers use the fine grid (``p``/``loc``/``valid`` are returned on
             it). The map's peak then sits at the sub-cubelet nearest the neighbouring low-loc cubelets instead of the
             centre of a rim cubelet.
+        context: ``"none"`` (each cubelet's time from its own token) or ``"mean"`` (its token and the mean valid
+            token of the volume, above).
     """
 
     has_localisation = True
@@ -139,9 +147,12 @@ class SoftminHead(nn.Module):
     def __init__(self, in_dim: int, *, hidden: Sequence[int] = (64,), beta_init: float = 5.0,
                  learn_beta: bool = True, loc_bias_init: float = 50.0, learn_loc_bias: bool = True,
                  loc_scale: float = 10.0, lung_frac_min: float = 0.5, entropy_weight: float = 0.0,
-                 smooth_weight: float = 0.0, map_upsample: int = 1):
+                 smooth_weight: float = 0.0, map_upsample: int = 1, context: str = "none"):
         super().__init__()
         hidden = _check_common(in_dim, hidden, loc_bias_init, lung_frac_min, loc_scale)
+        if context not in HEAD_CONTEXTS:
+            raise ValueError(f"context must be one of {', '.join(HEAD_CONTEXTS)}, got {context!r}.")
+        self.context = context
         if int(map_upsample) != map_upsample or map_upsample < 1:
             raise ValueError(f"map_upsample must be an integer >= 1, got {map_upsample}.")
         self.map_upsample = int(map_upsample)
@@ -153,7 +164,8 @@ class SoftminHead(nn.Module):
         self.loc_scale = float(loc_scale)
         self.entropy_weight = float(entropy_weight)
         self.smooth_weight = float(smooth_weight)
-        self.mlp = _MLP(in_dim, hidden, 1, bias=False)
+        self.context_norm = nn.LayerNorm(in_dim) if context == "mean" else None
+        self.mlp = _MLP(in_dim * (2 if context == "mean" else 1), hidden, 1, bias=False)
         self.log_beta = nn.Parameter(torch.tensor(math.log(beta_init)), requires_grad=learn_beta)
         self.loc_bias = nn.Parameter(torch.tensor(float(loc_bias_init)), requires_grad=learn_loc_bias)
 
@@ -161,13 +173,21 @@ class SoftminHead(nn.Module):
     def beta(self) -> torch.Tensor:
         return self.log_beta.exp()
 
-    def locs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, C, d, h, w) tokens -> (B, 1, d, h, w) float32 per-cubelet times (> 0)."""
-        raw = self.mlp(tokens.movedim(1, -1)).float().movedim(-1, 1)
+    def locs(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, d, h, w) tokens -> (B, 1, d, h, w) float32 per-cubelet times (> 0). ``valid`` ((1 or B, 1, d, h, w)
+        bool) is needed with ``context="mean"``, which averages the valid tokens."""
+        x = tokens.movedim(1, -1)
+        if self.context_norm is not None:
+            if valid is None:
+                raise ValueError("a head with context='mean' needs the valid cubelets.")
+            g = _masked_mean(tokens, valid)
+            g = self.context_norm(g.to(x.dtype))[:, None, None, None, :].expand(*x.shape[:-1], -1)
+            x = torch.cat([x, g], -1)
+        raw = self.mlp(x).float().movedim(-1, 1)
         return F.softplus(self.loc_scale * raw + self.loc_bias)
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        loc = self.locs(tokens)
+        loc = self.locs(tokens, valid)
         if self.map_upsample > 1:  # a finer map: loc between cubelet centres, p and pred over the fine grid
             f = self.map_upsample
             loc = _masked_upsample(loc, valid, f)
@@ -182,6 +202,12 @@ class SoftminHead(nn.Module):
         if self.smooth_weight:
             reg = reg + self.smooth_weight * _smoothness(loc, valid)
         return {"pred": pred, "p": p, "loc": loc, "valid": valid, "reg_loss": reg}
+
+
+def _masked_mean(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, C, d, h, w) tokens, (1 or B, 1, d, h, w) bool -> (B, C) float32 mean of the valid tokens."""
+    w = valid.to(torch.float32).expand(tokens.shape[0], 1, *tokens.shape[2:])
+    return (tokens.float() * w).flatten(2).sum(2) / w.flatten(2).sum(2).clamp_min(1.0)
 
 
 def _masked_upsample(loc: torch.Tensor, valid: torch.Tensor, f: int) -> torch.Tensor:
@@ -235,7 +261,8 @@ class MeanPoolHead(nn.Module):
 
     Args:
         in_dim, hidden, loc_bias_init, learn_loc_bias, loc_scale, lung_frac_min: as for :class:`SoftminHead`.
-        beta_init, learn_beta, map_upsample: accepted and ignored, so that a config can switch heads by name alone.
+        beta_init, learn_beta, map_upsample, context: accepted and ignored, so that a config can switch heads by name
+            alone.
         entropy_weight, smooth_weight: must be 0 (there is no heatmap to regularise).
     """
 
@@ -244,7 +271,7 @@ class MeanPoolHead(nn.Module):
     def __init__(self, in_dim: int, *, hidden: Sequence[int] = (64,), loc_bias_init: float = 50.0,
                  learn_loc_bias: bool = True, loc_scale: float = 10.0, lung_frac_min: float = 0.5,
                  beta_init: float = 5.0, learn_beta: bool = True, entropy_weight: float = 0.0,
-                 smooth_weight: float = 0.0, map_upsample: int = 1):
+                 smooth_weight: float = 0.0, map_upsample: int = 1, context: str = "none"):
         super().__init__()
         hidden = _check_common(in_dim, hidden, loc_bias_init, lung_frac_min, loc_scale)
         if entropy_weight or smooth_weight:
@@ -256,7 +283,7 @@ class MeanPoolHead(nn.Module):
         self.loc_bias = nn.Parameter(torch.tensor(float(loc_bias_init)), requires_grad=learn_loc_bias)
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        w = valid.to(torch.float32).expand(tokens.shape[0], 1, *tokens.shape[2:])
-        pooled = (tokens.float() * w).flatten(2).sum(2) / w.flatten(2).sum(2).clamp_min(1.0)
+        pooled = _masked_mean(tokens, valid)
         pred = F.softplus(self.loc_scale * self.mlp(pooled).float()[:, 0] + self.loc_bias)
-        return {"pred": pred, "p": None, "loc": None, "valid": w.bool(), "reg_loss": pred.new_zeros(())}
+        w = valid.expand(tokens.shape[0], 1, *tokens.shape[2:])
+        return {"pred": pred, "p": None, "loc": None, "valid": w, "reg_loss": pred.new_zeros(())}

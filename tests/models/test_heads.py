@@ -203,3 +203,36 @@ def test_map_upsample_ignores_invalid_cubelets(f):
             assert torch.equal(out, plain)
         else:
             torch.testing.assert_close(out, plain)
+
+
+def test_context_mean_sees_the_valid_volume_only():
+    """context='mean': each cubelet's time depends on the mean valid token (a change to another valid cubelet moves
+    it), never on invalid cubelets; the formula is checked against a hand computation."""
+    torch.manual_seed(torch.seed() % 2**31)
+    head = SoftminHead(8, hidden=[8], context="mean")
+    tokens = torch.randn(2, 8, 3, 3, 3)
+    valid = torch.ones(2, 1, 3, 3, 3, dtype=torch.bool)
+    valid[:, 0, 2] = False  # the last slab is invalid
+    with torch.no_grad():
+        out = head(tokens, valid)
+        far = tokens.clone()
+        far[:, :, 0, 0, 0] += 3 * torch.randn(2, 8)  # another valid cubelet
+        moved = head(far, valid)["loc"]
+        assert (moved - out["loc"])[:, 0, 1:2].abs().min() > 0  # every cubelet of slab 1 changes
+        junk = tokens.clone()
+        junk[:, :, 2] = 100 * torch.randn(2, 8, 3, 3)  # invalid cubelets
+        torch.testing.assert_close(head(junk, valid)["loc"][:, :, :2], out["loc"][:, :, :2])
+        # by hand: LN(x_i) ++ LN_g(mean of valid x), then the bias-free MLP
+        x = tokens.movedim(1, -1)
+        g = tokens[:, :, :2].flatten(2).mean(2)
+        ln, lin1, act, lin2 = head.mlp
+        z = torch.cat([x, head.context_norm(g)[:, None, None, None, :].expand(*x.shape[:-1], 8)], -1)
+        ref = torch.nn.functional.softplus(head.loc_scale * lin2(act(lin1(ln(z)))) + head.loc_bias).movedim(-1, 1)
+        torch.testing.assert_close(out["loc"], ref)
+    tokens.requires_grad_(True)
+    head(tokens, valid)["pred"].sum().backward()
+    assert torch.isfinite(tokens.grad).all() and tokens.grad[:, :, 2].abs().max() == 0
+    with pytest.raises(ValueError, match="context must be one of none, mean"):
+        SoftminHead(8, context="max")
+    with pytest.raises(ValueError, match="needs the valid cubelets"):
+        head.locs(tokens)
