@@ -42,7 +42,8 @@ import pandas as pd
 import yaml
 
 CLI = [sys.executable, "-m", "survival3d.cli"]
-METRICS = ["val_c_index", "val_oracle", "val_gap", "val_p_lesion", "val_p_distractor", "fresh_c_index",
+METRICS = ["val_c_index", "val_oracle", "val_gap", "val_p_lesion", "val_p_distractor", "val_p_distractor_chance",
+           "fresh_c_index",
            "fresh_oracle", "fresh_gap", "pointing_game", "energy_pg", "energy_pg_cubelet", "train_s"]
 
 
@@ -71,6 +72,7 @@ def _score(run: Path, ev: Path | None, ex: Path | None, method: str) -> dict:
         "val_oracle": float(last.get("c_index_oracle", np.nan)),
         "val_p_lesion": float(last.get("p_lesion", np.nan)),
         "val_p_distractor": float(last.get("p_distractor", np.nan)),
+        "val_p_distractor_chance": float(last.get("p_distractor_chance", np.nan)),
         "train_s": float(hist["epoch_time_s"].sum()),
         "epochs": int(last["epoch"]),
     }

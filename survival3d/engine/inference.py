@@ -57,7 +57,7 @@ def forward(model: torch.nn.Module, batch: Mapping[str, Any], *, amp: bool = Fal
 
 
 #: The per-case sums :func:`output_diagnostics` returns (each with its count ``n_<name>``, see there).
-DIAGNOSTIC_SUMS = ("p_entropy", "p_max", "loc_sd", "p_lesion", "p_distractor")
+DIAGNOSTIC_SUMS = ("p_entropy", "p_max", "loc_sd", "p_lesion", "p_distractor", "p_lesion_chance", "p_distractor_chance")
 
 
 def _cubelet_any(mask: torch.Tensor, grid: tuple[int, ...], patch_size: int) -> torch.Tensor:
@@ -78,7 +78,9 @@ def output_diagnostics(out, batch: Mapping[str, Any], patch_size: int | None = N
     * ``loc_sd``: the population sd of :math:`\ell` over :math:`V` (time units): the contrast the softmin sees;
     * ``p_lesion``: :math:`\sum_{i \in L} p_i` over cubelets holding any voxel of the case's ``mask`` (cases
       with a lesion only);
-    * ``p_distractor``: the same for ``distractor_mask`` (cases with a distractor only).
+    * ``p_distractor``: the same for ``distractor_mask`` (cases with a distractor only);
+    * ``p_lesion_chance``, ``p_distractor_chance``: what a uniform map over :math:`V` would put there,
+      :math:`|L \cap V| / |V|` (the same cases): the level a map that ignores the lesions (distractors) sits at.
 
     Returns float64 tensors on the batch's device: each name of :data:`DIAGNOSTIC_SUMS` and ``n_<name>``, the
     number of cases it summed over. Empty for heads without a map. Pure reads of the model's output: no random
@@ -115,6 +117,9 @@ def output_diagnostics(out, batch: Mapping[str, Any], patch_size: int | None = N
         mass = (p * cub).flatten(1).sum(1)
         sums[name] = (mass * has).double().sum()
         sums[f"n_{name}"] = has.double().sum()
+        chance = (cub & valid).flatten(1).sum(1).double() / valid.flatten(1).sum(1).clamp_min(1).double()
+        sums[f"{name}_chance"] = (chance * has).sum()
+        sums[f"n_{name}_chance"] = sums[f"n_{name}"]
     return sums
 
 

@@ -28,7 +28,9 @@ def _reference(p, loc, valid, mask, ps):
         for z, y, x in np.argwhere(mask[k, 0] > 0.5):
             lesion[z // ps, y // ps, x // ps] = True
         mass = float(pk[lesion].sum()) if lesion.any() else None
-        rows.append({"p_entropy": ent, "p_max": float(pk.max()), "loc_sd": sd, "p_lesion": mass})
+        chance = float((lesion & vk).sum() / vk.sum()) if lesion.any() else None
+        rows.append({"p_entropy": ent, "p_max": float(pk.max()), "loc_sd": sd, "p_lesion": mass,
+                     "p_lesion_chance": chance})
     return rows
 
 
@@ -55,11 +57,16 @@ def test_output_diagnostics_matches_reference(rng):
     with_lesion = [r["p_lesion"] for r in ref if r["p_lesion"] is not None]
     assert sums["n_p_lesion"] == len(with_lesion) == b - 1
     assert sums["p_lesion"] == pytest.approx(sum(with_lesion), rel=1e-5)
+    chance = [r["p_lesion_chance"] for r in ref if r["p_lesion_chance"] is not None]
+    assert sums["n_p_lesion_chance"] == b - 1
+    assert sums["p_lesion_chance"] == pytest.approx(sum(chance), rel=1e-9)
     assert "p_distractor" not in sums  # no distractor masks in the batch
 
     means = diagnostics(torch.nn.Module(), torch.nn.Module(), sums)
     assert means["p_lesion"] == pytest.approx(np.mean(with_lesion), rel=1e-5)
-    assert set(means) == {"p_entropy", "p_max", "loc_sd", "p_lesion"}  # no head parameters, no learnable var
+    assert means["p_lesion_chance"] == pytest.approx(np.mean(chance), rel=1e-9)
+    # no head parameters, no learnable var
+    assert set(means) == {"p_entropy", "p_max", "loc_sd", "p_lesion", "p_lesion_chance"}
 
 
 def test_uniform_and_one_hot_maps_give_closed_form_entropy():
