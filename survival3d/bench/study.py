@@ -17,12 +17,14 @@ STUDY.yaml::
       shipped: []
       var36: [loss.var_init=36]
     fresh: {level: 1, n: 100, size: 32, seed: 9001}   # optional: fresh cases for evaluate + explain
-    explain_methods: head_grid         # scored on the fresh cases (localisation.csv of run.py explain)
+    explain_methods: head_grid         # scored on the fresh cases (localisation.csv of run.py explain); with a
+                                       # comma-separated list the first method's scores are the table's
+    explain_max_cases: 40              # optional: explain only the first N fresh cases
 
 Outputs under ``out``: ``runs/<variant>_s<seed>/`` (run folders), ``eval/`` and ``explain/`` per run,
-``study.csv`` (one row per run) and ``summary.md`` (mean ± sample sd per variant). A run whose results exist is not
-trained again (resume by running the same command); ``--jobs`` runs that many trainings at once, each on
-``OMP_NUM_THREADS=1``.
+``study.csv`` (one row per run; rows of runs outside a call's ``--only``/``--seeds`` are kept) and ``summary.md``
+(mean ± sample sd per variant). A run whose results exist is not trained again (resume by running the same
+command); ``--jobs`` runs that many trainings at once, each on ``OMP_NUM_THREADS=1``.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def _score(run: Path, ev: Path | None, ex: Path | None, method: str) -> dict:
         row["fresh_gap"] = row["fresh_c_index"] - row["fresh_oracle"]
     if ex is not None:
         loc = pd.read_csv(ex / "localisation.csv")
-        loc = loc[(loc["method"] == method) & loc["pointing_game"].notna()]
+        loc = loc[(loc["method"] == method.split(",")[0]) & loc["pointing_game"].notna()]
         for k in ("pointing_game", "energy_pg", "energy_pg_cubelet"):
             row[k] = float(loc[k].mean())
         row["lesion_cases"] = len(loc)
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("study")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="variants to run (default: all)")
+    ap.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: the study's)")
     args = ap.parse_args(argv)
     study_file = Path(args.study).resolve()
     spec = yaml.safe_load(study_file.read_text())
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     config = _resolve(spec["config"], study_file.parent)
     out = Path(spec["out"]).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    seeds = spec.get("seeds", [0])
+    seeds = args.seeds if args.seeds else spec.get("seeds", [0])
     seed_keys = spec.get("seed_keys", ["train.seed"])
     common = list(spec.get("overrides", []))
     variants = {k: list(v or []) for k, v in spec["variants"].items()}
@@ -145,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                 _run([*CLI, "evaluate", "--checkpoint", str(run), "--data", str(fresh_manifest), "--out",
                       str(ev), "--no-figures"], log)
             if method and not (ex / "localisation.csv").exists():
+                limit = ["--max-cases", str(spec["explain_max_cases"])] if spec.get("explain_max_cases") else []
                 _run([*CLI, "explain", "--checkpoint", str(run), "--data", str(fresh_manifest), "--out",
-                      str(ex), "--methods", method, "--no-views"], log)
+                      str(ex), "--methods", method, "--no-views", *limit], log)
             elif not method:
                 ex = None
         row = {"variant": variant, "seed": seed, **_score(run, ev, ex, method)}
@@ -170,9 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     table = pd.DataFrame(rows)
     csv = out / "study.csv"
-    if csv.exists() and args.only:  # keep the other variants' rows
+    if csv.exists():  # keep the rows of runs not in this call (other variants or seeds)
         old = pd.read_csv(csv)
-        table = pd.concat([old[~old["variant"].isin(variants)], table], ignore_index=True)
+        done = set(zip(table["variant"], table["seed"]))
+        keep = [(v, s) not in done for v, s in zip(old["variant"], old["seed"])]
+        table = pd.concat([old[keep], table], ignore_index=True)
+        order = {v: i for i, v in enumerate(spec["variants"])}
+        table = table.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c,
+                                  kind="stable").reset_index(drop=True)
     table.to_csv(csv, index=False)
     cols = [c for c in METRICS if c in table and table[c].notna().any()]
     lines = ["| variant | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
