@@ -56,6 +56,7 @@ class DataConfig:
     image_size: list[int] = field(default_factory=lambda: [32, 32, 32])  # model input (pad/resize)
     spatial: str = "resize"  # resize (interpolate to image_size) | pad_crop (keep voxel size, centre pad/crop)
     intensity_window: list[float] = field(default_factory=lambda: [-1024.0, 150.0])  # HU window → [0, 1]
+    outside_lung: str = "keep"  # keep | air: set the image outside the lung mask to the window's bottom (needs lung masks)
     val_frac: float = 0.25  # when cv.folds == 1
     splits: Optional[str] = None  # CSV id,fold (data_prep/make_splits.py): use these patient-level folds
     augment: bool = True  # random flips + small affine on the training set

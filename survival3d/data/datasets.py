@@ -276,6 +276,7 @@ def build_dataset(cases: Cases, ids: Sequence[str], encoder: CovariateEncoder, d
         spatial=data_cfg.spatial,
         load=cases.load,
         device=None if data_cfg.cache_device == "cpu" else data_cfg.cache_device,
+        outside_lung=data_cfg.outside_lung,
     )
     if data_cfg.cache == "memory":
         base = CacheDataset(records, transform=det, cache_rate=1.0, num_workers=None, progress=False, copy_cache=False)

@@ -4,7 +4,8 @@ Two halves, so that the deterministic half can be cached (``CacheDataset``/``Per
 re-drawn every epoch:
 
 * :func:`deterministic_transforms`: (load from disk →) channel first → HU window to [0, 1] (clipped) → pad/crop or
-  resize to ``data.image_size`` → float32 tensors (optionally moved to the GPU once, for the GPU-side data path).
+  resize to ``data.image_size`` (→ with ``data.outside_lung: air``, everything outside the lung mask set to the
+  window's bottom) → float32 tensors (optionally moved to the GPU once, for the GPU-side data path).
 * :func:`random_transforms`: training-only augmentation — random flips along each axis and a small random affine
   (rotation, scale, translation), applied with the *same* random parameters to the image and every mask (masks are
   resampled with nearest neighbour so they stay binary).
@@ -23,6 +24,7 @@ from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
+    MaskIntensityd,
     RandAffined,
     RandFlipd,
     Resized,
@@ -34,10 +36,11 @@ from monai.transforms import (
 from survival3d.errors import ConfigError
 from survival3d.registry import did_you_mean
 
-__all__ = ["MASK_KEYS", "deterministic_transforms", "random_transforms", "SPATIAL_MODES"]
+__all__ = ["MASK_KEYS", "OUTSIDE_LUNG_MODES", "deterministic_transforms", "random_transforms", "SPATIAL_MODES"]
 
 MASK_KEYS = ("mask", "lung_mask", "distractor_mask")
 SPATIAL_MODES = ("resize", "pad_crop")
+OUTSIDE_LUNG_MODES = ("keep", "air")
 
 
 def deterministic_transforms(
@@ -48,6 +51,7 @@ def deterministic_transforms(
     spatial: str = "resize",
     load: bool = False,
     device: str | None = None,
+    outside_lung: str = "keep",
 ) -> Compose:
     """The cacheable part of the chain.
 
@@ -60,11 +64,20 @@ def deterministic_transforms(
         load: read files named by the keys (``LoadImaged`` keeps the affine) instead of in-memory arrays that already
             carry a channel dimension.
         device: move the tensors there once after caching (e.g. ``"cuda:0"``), or ``None``.
+        outside_lung: ``keep`` the image as it is, or set every voxel outside the lung mask (on the model's grid) to
+            ``air``, the bottom of the window (0): the model then sees lung parenchyma only — what the lung mask is
+            for — and the chest wall, mediastinum and hila can no longer pass for lesions. Needs ``lung_mask``.
     """
     if spatial not in SPATIAL_MODES:
         raise ConfigError(f"data.spatial '{spatial}' is not one of {SPATIAL_MODES}.{did_you_mean(spatial, SPATIAL_MODES)}")
     if len(image_size) != 3 or any(int(s) < 1 for s in image_size):
         raise ConfigError(f"data.image_size must be 3 positive sizes (D, H, W), got {list(image_size)}.")
+    if outside_lung not in OUTSIDE_LUNG_MODES:
+        raise ConfigError(f"data.outside_lung '{outside_lung}' is not one of {OUTSIDE_LUNG_MODES}."
+                          f"{did_you_mean(outside_lung, OUTSIDE_LUNG_MODES)}")
+    if outside_lung == "air" and "lung_mask" not in mask_keys:
+        raise ConfigError("data.outside_lung=air needs lung masks (a lung_mask column in the manifest, a dummy level "
+                          "with lungs, or run.py preprocess).")
     lo, hi = (float(v) for v in intensity_window)
     if not hi > lo:
         raise ConfigError(f"data.intensity_window must be [low, high] with high > low, got {list(intensity_window)}.")
@@ -81,6 +94,8 @@ def deterministic_transforms(
     else:
         # After windowing 0 is the bottom of the window (air): pad with it.
         chain.append(ResizeWithPadOrCropd(keys=keys, spatial_size=size, mode="constant", value=0.0))
+    if outside_lung == "air":  # 0 is the window's bottom (air)
+        chain.append(MaskIntensityd(keys="image", mask_key="lung_mask"))
     chain.append(EnsureTyped(keys=keys, dtype="float32"))
     if device is not None:
         chain.append(ToDeviced(keys=keys, device=device))

@@ -22,7 +22,8 @@ __all__ = ["Ensemble", "load_ensemble", "time_unit", "member_paths", "distributi
 _FOLD_DIR = re.compile(r"^fold[_-]?(\d+)$")
 
 #: Config sections that must agree between ensemble members (they share inputs; the time grid is compared too).
-_SHARED = ("data.image_size", "data.intensity_window", "data.spatial", "data.covariates", "data.time_unit")
+_SHARED = ("data.image_size", "data.intensity_window", "data.spatial", "data.outside_lung", "data.covariates",
+           "data.time_unit")
 
 
 def time_unit(cfg) -> str:

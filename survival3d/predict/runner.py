@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 
 from survival3d.data.datasets import collate_cases
 from survival3d.data.splits import read_id_table
@@ -156,7 +157,9 @@ class Preparer:
         keys = ["lung_mask"] if ens.uses_lung_mask else []
         self.transforms = deterministic_transforms(mask_keys=keys, image_size=list(cfg.data.image_size),
                                                    intensity_window=list(cfg.data.intensity_window),
-                                                   spatial=cfg.data.spatial, load=False)
+                                                   spatial=cfg.data.spatial, load=False,
+                                                   outside_lung=OmegaConf.select(cfg, "data.outside_lung",
+                                                                                 default="keep"))
         self.settings = None
         self._masker = None
         if ens.plan is not None:

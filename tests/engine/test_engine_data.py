@@ -36,6 +36,22 @@ def test_resize_and_pad_crop_reach_image_size(rng):
         deterministic_transforms(mask_keys=[], image_size=[8, 8, 8], intensity_window=[1, 0])
 
 
+@pytest.mark.parametrize("spatial", ["resize", "pad_crop"])
+def test_outside_lung_air_blanks_everything_but_the_lungs(rng, spatial):
+    img = torch.from_numpy(rng.uniform(-1100, 400, (1, 12, 10, 14)).astype(np.float32))
+    lung = torch.from_numpy((rng.random((1, 12, 10, 14)) < 0.4).astype(np.float32))
+    kw = dict(image_size=[12, 10, 14], intensity_window=[-1024, 150], spatial=spatial)
+    keep = deterministic_transforms(mask_keys=["lung_mask"], **kw)({"image": img, "lung_mask": lung})
+    air = deterministic_transforms(mask_keys=["lung_mask"], outside_lung="air", **kw)({"image": img, "lung_mask": lung})
+    inside = air["lung_mask"] > 0
+    np.testing.assert_allclose(air["image"][inside].numpy(), keep["image"][inside].numpy())
+    assert (air["image"][~inside] == 0).all() and (keep["image"][~inside] > 0).any()
+    with pytest.raises(ConfigError, match="data.outside_lung=air needs lung masks"):
+        deterministic_transforms(mask_keys=["mask"], outside_lung="air", **kw)
+    with pytest.raises(ConfigError, match="data.outside_lung 'lung'"):
+        deterministic_transforms(mask_keys=["lung_mask"], outside_lung="lung", **kw)
+
+
 def test_augmentation_moves_image_and_mask_together_and_is_seeded():
     cfg = _cfg("data.affine_prob=1.0", "data.rotate_deg=15")
     cases = load_cases(cfg.data, generate_case=standins.components().case_generator())
