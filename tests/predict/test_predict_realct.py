@@ -14,6 +14,8 @@ from survival3d.cli import main
 from survival3d.data.readers import read_ct
 from survival3d.predict.runner import peak_world
 
+from predict_helpers import TINY_RUN
+
 
 @pytest.fixture(scope="module")
 def predicted(tiny_realct, tmp_path_factory):
@@ -110,3 +112,37 @@ def test_resume_skips_finished_cases(predicted, tiny_realct, capsys):
     rc = main(["predict", "--model", str(tiny_realct["run"]), "--input", str(s["lung2"]), str(s["dicom_lungs"]),
                "--covariates", str(tiny_realct["covariates"]), "--out", str(predicted["out"]), "--no-progress"])
     assert rc == 0 and "predicted 0 case(s), 2 already done, 0 failed" in capsys.readouterr().out
+
+
+def test_outside_lung_air_travels_with_the_model(tiny_realct, tmp_path, rng):
+    """A model trained with data.outside_lung=air: predict applies the same masking, so whatever lies outside the
+    lung mask (here: the chest wall and mediastinum replaced by random HU) changes neither the prediction nor the
+    heatmap; the model trained without it does change."""
+    from survival3d.data.plan import sidecar_of
+    from survival3d.io import write_nifti
+
+    run = tmp_path / "runs" / "air"
+    assert main(["train", f"out_dir={tmp_path / 'runs'}", "name=air", f"data.manifest={tiny_realct['manifest']}",
+                 *TINY_RUN, "data.outside_lung=air"]) == 0
+    man = pd.read_csv(tiny_realct["manifest"]).drop(columns=["time", "event"])
+    man = man[man["id"] == "lung2_image"].reset_index(drop=True)
+    img = nib.load(tiny_realct["pp"] / man.loc[0, "image"])
+    lung = np.asarray(nib.load(tiny_realct["pp"] / man.loc[0, "lung_mask"]).dataobj) > 0
+    noisy = np.where(lung, img.get_fdata(), rng.uniform(-1000, 1000, lung.shape)).astype(np.float32)
+    write_nifti(tmp_path / "noisy.nii.gz", noisy, img.affine)
+    src = tiny_realct["pp"] / man.loc[0, "image"]
+    sidecar_of(tmp_path / "noisy.nii.gz").write_text(sidecar_of(src).read_text())  # preprocessed with the same plan
+    both = pd.concat([man, man.assign(id="noisy", image=str(tmp_path / "noisy.nii.gz"))], ignore_index=True)
+    both.loc[0, "image"] = str(tiny_realct["pp"] / both.loc[0, "image"])
+    both["lung_mask"] = str(tiny_realct["pp"] / man.loc[0, "lung_mask"])
+    both["age"], both["sex"] = 70, "F"
+    both.to_csv(tmp_path / "m.csv", index=False)
+    for model, same in ((run, True), (tiny_realct["run"], False)):
+        out = tmp_path / f"pred_{same}"
+        assert main(["predict", "--model", str(model), "--manifest", str(tmp_path / "m.csv"), "--out", str(out),
+                     "--no-progress", "--no-figures"]) == 0
+        pred = pd.read_csv(out / "predictions.csv").set_index("id")
+        close = np.isclose(pred.loc["noisy", "mean_time"], pred.loc["lung2_image", "mean_time"], rtol=1e-6)
+        assert close == same
+    ha, hb = (nib.load(tmp_path / "pred_True" / "cases" / c / "heatmap.nii.gz").get_fdata() for c in ("lung2_image", "noisy"))
+    np.testing.assert_allclose(ha, hb, atol=1e-6)
