@@ -44,7 +44,8 @@ import pandas as pd
 import yaml
 
 CLI = [sys.executable, "-m", "survival3d.cli"]
-METRICS = ["val_c_index", "val_oracle", "val_gap", "val_p_lesion", "val_p_distractor", "val_p_distractor_chance",
+METRICS = ["val_c_index", "val_oracle", "val_gap", "val_p_lesion", "val_p_lesion_chance", "val_p_distractor",
+           "val_p_distractor_chance",
            "fresh_c_index",
            "fresh_oracle", "fresh_gap", "pointing_game", "energy_pg", "energy_pg_cubelet", "train_s"]
 
@@ -73,6 +74,7 @@ def _score(run: Path, ev: Path | None, ex: Path | None, method: str) -> dict:
         "val_c_index": float(last["c_index"]),
         "val_oracle": float(last.get("c_index_oracle", np.nan)),
         "val_p_lesion": float(last.get("p_lesion", np.nan)),
+        "val_p_lesion_chance": float(last.get("p_lesion_chance", np.nan)),
         "val_p_distractor": float(last.get("p_distractor", np.nan)),
         "val_p_distractor_chance": float(last.get("p_distractor_chance", np.nan)),
         "train_s": float(hist["epoch_time_s"].sum()),
