@@ -24,7 +24,7 @@ from survival3d.engine.components import Components
 from survival3d.engine.distributed import DistInfo, init_distributed
 from survival3d.engine.survival_task import check_train_config, train_split
 from survival3d.errors import ConfigError, InputError
-from survival3d.io import FolderLock, write_json
+from survival3d.io import FolderLock, remove_stale_temps, write_json
 from survival3d.metrics.report import aggregate_folds
 
 __all__ = ["run_experiment", "make_splits", "cv_summary", "run_dir_of"]
@@ -154,6 +154,8 @@ def _prepare_run_dir(cfg, resume: bool, info: DistInfo, lock: FolderLock | None 
     if not lock.acquire():
         raise ConfigError(f"run folder {run_dir} is in use by another train process (pid {lock.holder()}); "
                           f"wait for it or pick another name=...")
+    # a start killed while writing config.yaml leaves only its temporary file: not a run's content
+    remove_stale_temps(run_dir, "config.yaml")
     content = [p for p in run_dir.iterdir() if p.name != FolderLock.NAME]
     if resume:
         return run_dir

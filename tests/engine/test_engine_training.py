@@ -173,6 +173,14 @@ def test_early_stopping_and_config_checks(tiny_cfg, components):
     with pytest.raises(ConfigError, match="not a run folder.*refusing"):
         run_experiment(tiny_cfg("train.overwrite=true", name="not_a_run"), components=components)
     assert (other / "keep.txt").read_text() == "precious"
+    # a start killed while writing config.yaml leaves only its temporary file (seen in `tune` after kill -9):
+    # the next start (as tune's retry does, with overwrite) clears it and runs
+    killed = Path(cfg.out_dir) / "killed_mid_config"
+    killed.mkdir()
+    (killed / ".config.yaml.wofhqstu.tmp").write_text("")
+    fm2 = run_experiment(tiny_cfg("train.overwrite=true", "train.epochs=1", "train.heatmap=false",
+                                  name="killed_mid_config"), components=components)
+    assert fm2["epochs"] == 1 and not list(killed.glob(".config.yaml.*.tmp"))
     with pytest.raises(ConfigError, match="early_stop_metric 'cindex'.*Did you mean 'c_index'"):
         run_experiment(tiny_cfg("train.early_stop_metric=cindex", name="x"), components=components)
 

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from survival3d.models.heads import HEADS, SoftminHead, cubelet_valid_mask, masked_softmin
+from survival3d.models.heads import HEADS, SoftminHead, _masked_upsample, cubelet_valid_mask, masked_softmin
 
 
 def _valid(b, grid, frac=0.6):
@@ -192,7 +193,7 @@ def test_map_upsample_ignores_invalid_cubelets(f):
         changed = tokens.clone()
         changed[0, :, 1, 1, 0] = 50 * torch.randn(8)  # a very different loc on the invalid cubelet
         b = head(changed, valid)
-        assert (head.locs(tokens) - head.locs(changed))[0, 0, 1, 1, 0].abs() > 0.1
+        assert (head.locs(tokens) - head.locs(changed))[0, 0, 1, 1, 0].abs() > 0  # the invalid cubelet's loc moved
         torch.testing.assert_close(a["p"], b["p"], rtol=0, atol=1e-7)
         torch.testing.assert_close(a["pred"], b["pred"])
         all_valid = torch.ones(1, 1, 3, 3, 3, dtype=torch.bool)
@@ -203,6 +204,14 @@ def test_map_upsample_ignores_invalid_cubelets(f):
             assert torch.equal(out, plain)
         else:
             torch.testing.assert_close(out, plain)
+    # the interpolation itself: any loc on the invalid cubelet, the same fine values on every valid cubelet
+    loc = 50 + 10 * torch.randn(1, 1, 3, 3, 3)
+    far = loc.clone()
+    far[0, 0, 1, 1, 0] += 1000.0
+    a, b = _masked_upsample(loc, valid, f), _masked_upsample(far, valid, f)
+    fine_valid = valid.repeat_interleave(f, 2).repeat_interleave(f, 3).repeat_interleave(f, 4)
+    torch.testing.assert_close(a[fine_valid], b[fine_valid], rtol=0, atol=1e-4)
+    assert (a - F.interpolate(far, scale_factor=f, mode="trilinear", align_corners=False))[fine_valid].abs().max() > 100
 
 
 def test_context_mean_sees_the_valid_volume_only():
