@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -138,23 +137,22 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [*CLI, "train", "--config", str(config), f"out_dir={out / 'runs'}", f"name={name}",
                    "train.heatmap=false", "logging.wandb=false", *common, *variants[variant],
                    *(f"{k}={seed}" for k in seed_keys)]
-            if (run / "checkpoints" / "last.pt").exists():  # interrupted: continue exactly from the last epoch
+            # interrupted: continue exactly from the last epoch (a start stopped before its first checkpoint is
+            # cleared by train itself, docs/reliability.md)
+            if (run / "checkpoints" / "last.pt").exists():
                 cmd = [*CLI, "train", "--resume", str(run)]
-            elif run.exists():  # stopped before its first checkpoint: start again
-                shutil.rmtree(run)
             _run(cmd, log)
         ev = ex = None
         if fresh_manifest is not None:
-            ev, ex = out / "eval" / name, out / "explain" / name
+            ev = out / "eval" / name
             if not (ev / "metrics.json").exists():
                 _run([*CLI, "evaluate", "--checkpoint", str(run), "--data", str(fresh_manifest), "--out",
                       str(ev), "--no-figures"], log)
-            if method and not (ex / "localisation.csv").exists():
+            ex = out / "explain" / name if method else None
+            if ex is not None and not (ex / "localisation.csv").exists():
                 limit = ["--max-cases", str(spec["explain_max_cases"])] if spec.get("explain_max_cases") else []
                 _run([*CLI, "explain", "--checkpoint", str(run), "--data", str(fresh_manifest), "--out",
                       str(ex), "--methods", method, "--no-views", *limit], log)
-            elif not method:
-                ex = None
         row = {"variant": variant, "seed": seed, **_score(run, ev, ex, method)}
         print(f"{name}: " + ", ".join(f"{k} {row[k]:.3f}" for k in METRICS if k in row and k != "train_s")
               + f"  ({time.time() - t0:.0f} s)", flush=True)
