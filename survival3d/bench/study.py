@@ -94,14 +94,17 @@ def _score(run: Path, ev: Path | None, ex: Path | None, method: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m survival3d.bench.study", description=__doc__.split("\n")[0])
     ap.add_argument("study")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="variants to run (default: all)")
     ap.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: the study's)")
     args = ap.parse_args(argv)
     study_file = Path(args.study).resolve()
-    spec = yaml.safe_load(study_file.read_text())
+    try:
+        spec = yaml.safe_load(study_file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        ap.error(f"{study_file}: cannot read the study file ({type(e).__name__}: {str(e).splitlines()[0]})")
     missing = [k for k in ("config", "out", "variants") if not isinstance(spec, dict) or k not in spec]
     if missing:
         ap.error(f"{study_file}: missing field(s) {', '.join(missing)}")

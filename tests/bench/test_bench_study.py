@@ -102,6 +102,13 @@ def test_study_reports_bad_spec_and_failed_runs(tmp_path, monkeypatch, capsys):
         study.main([str(bad)])
     assert exc.value.code == 2
     assert "bad.yaml: missing field(s) out, variants" in capsys.readouterr().err
+    for name, text in (("missing.yaml", None), ("broken.yaml", "variants: [a\n")):
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(SystemExit) as exc:
+            study.main([str(tmp_path / name)])
+        assert exc.value.code == 2
+        assert f"{name}: cannot read the study file" in capsys.readouterr().err
 
     def failing(cmd, log):
         raise RuntimeError(f"{cmd[3]} exited 1; see {log}")
