@@ -56,7 +56,7 @@ class DataConfig:
     image_size: list[int] = field(default_factory=lambda: [32, 32, 32])  # model input (pad/resize)
     spatial: str = "resize"  # resize (interpolate to image_size) | pad_crop (keep voxel size, centre pad/crop)
     intensity_window: list[float] = field(default_factory=lambda: [-1024.0, 150.0])  # HU window → [0, 1]
-    outside_lung: str = "keep"  # keep | air: set the image outside the lung mask to the window's bottom (needs lung masks)
+    outside_lung: str = "keep"  # keep | air | lung_mean: the image outside the lung mask set to the window's bottom or the lung's mean (needs lung masks)
     val_frac: float = 0.25  # when cv.folds == 1
     splits: Optional[str] = None  # CSV id,fold (data_prep/make_splits.py): use these patient-level folds
     augment: bool = True  # random flips + small affine on the training set
@@ -176,6 +176,8 @@ class TrainConfig:
     ddp_find_unused: bool = False  # DistributedDataParallel(find_unused_parameters=...)
     overwrite: bool = False  # replace an existing runs/<name> (otherwise: error unless --resume)
     freeze_encoder_epochs: int = 0  # train only the head (and FiLM) for this many epochs first (with model.init)
+    beta_warmup_epochs: int = 0  # softmin head: training uses r*beta, r rising linearly to 1 over these epochs (0 = off)
+    beta_warmup_start: float = 0.0  # r in the first epoch (0 = a uniform map: every cubelet's time gets gradient)
 
 
 @dataclass

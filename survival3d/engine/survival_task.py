@@ -118,6 +118,18 @@ def check_train_config(cfg) -> None:
                          ("data.batch_size", cfg.data.batch_size, 1), ("logging.log_every", cfg.logging.log_every, 1)):
         if int(val) < lo:
             raise ConfigError(f"{key} must be >= {lo}, got {val}.")
+    if int(t.beta_warmup_epochs) < 0:
+        raise ConfigError(f"train.beta_warmup_epochs must be >= 0, got {t.beta_warmup_epochs}.")
+    if not 0.0 <= float(t.beta_warmup_start) <= 1.0:
+        raise ConfigError(f"train.beta_warmup_start must be in [0, 1], got {t.beta_warmup_start}.")
+
+
+def beta_warmup_factor(epoch: int, warmup_epochs: int, start: float) -> float:
+    """The β warm-up factor r of 0-based ``epoch``: ``start`` in epoch 0, rising linearly to 1 at epoch
+    ``warmup_epochs`` (1 throughout when ``warmup_epochs`` is 0). A function of the epoch alone, so resume is exact."""
+    if warmup_epochs <= 0 or epoch >= warmup_epochs:
+        return 1.0
+    return start + (1.0 - start) * epoch / warmup_epochs
 
 
 def make_loaders(train_ds, val_ds, data_cfg, *, seed: int, dist: DistInfo, device: torch.device):
@@ -221,6 +233,9 @@ class SurvivalTask(Task):
 
         grid_cfg = resolved_config(cfg, self.time_grid)  # auto time settings → grid-unit numbers
         self.model = self.components.model(grid_cfg, self.encoder.spec).to(self.device)
+        if int(t.beta_warmup_epochs) > 0 and not hasattr(getattr(self.model, "head", None), "set_beta_scale"):
+            raise ConfigError(f"train.beta_warmup_epochs={t.beta_warmup_epochs} needs a head with a softmin β; "
+                              f"head.name={cfg.head.name!r} has none.")
         if state is None and cfg.model.init:  # on resume the checkpoint holds the (fine-tuned) weights
             init_encoder(self.model, cfg.model.init)
         self.loss_fn = self.components.loss(grid_cfg.loss).to(self.device)
@@ -259,6 +274,9 @@ class SurvivalTask(Task):
         frozen = int(self.cfg.train.freeze_encoder_epochs)
         if frozen > 0:
             set_encoder_trainable(self.model, epoch >= frozen)
+        if int(self.cfg.train.beta_warmup_epochs) > 0:
+            self.model.head.set_beta_scale(beta_warmup_factor(epoch, int(self.cfg.train.beta_warmup_epochs),
+                                                              float(self.cfg.train.beta_warmup_start)))
 
     def training_step(self, module: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         losses = module(batch)

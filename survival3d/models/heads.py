@@ -121,6 +121,12 @@ class SoftminHead(nn.Module):
     where :math:`\mathcal{N}_V` are face-neighbouring pairs of valid cubelets. A positive ``entropy_weight`` rewards
     spread-out ``p`` (against early lock-on to a spurious cubelet); a negative one sharpens ``p``.
 
+    β warm-up: in training mode the softmin uses :math:`r \beta` with the factor :math:`r \in [0, 1]` of
+    :meth:`set_beta_scale` (1 unless a schedule sets it, see ``train.beta_warmup_epochs``). With :math:`r = 0` the map
+    is uniform over the valid cubelets, :math:`\hat\mu` is their mean time and every cubelet's time gets gradient, so the
+    MLP can learn what a lesion looks like before the softmin sharpens onto the lowest times. Evaluation always uses
+    the full β: validation scores the model that is deployed.
+
     Args:
         in_dim: token channels.
         hidden: widths of the 1-2 hidden layers.
@@ -168,10 +174,18 @@ class SoftminHead(nn.Module):
         self.mlp = _MLP(in_dim * (2 if context == "mean" else 1), hidden, 1, bias=False)
         self.log_beta = nn.Parameter(torch.tensor(math.log(beta_init)), requires_grad=learn_beta)
         self.loc_bias = nn.Parameter(torch.tensor(float(loc_bias_init)), requires_grad=learn_loc_bias)
+        # a buffer, not a float attribute: changing it must not recompile a compiled model; not saved with the weights
+        self.register_buffer("beta_scale", torch.ones(()), persistent=False)
 
     @property
     def beta(self) -> torch.Tensor:
         return self.log_beta.exp()
+
+    def set_beta_scale(self, r: float) -> None:
+        """The training-mode factor r ∈ [0, 1] on β (the β warm-up; evaluation always uses the full β)."""
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"the β warm-up factor must be in [0, 1], got {r}.")
+        self.beta_scale.fill_(float(r))
 
     def locs(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, d, h, w) tokens -> (B, 1, d, h, w) float32 per-cubelet times (> 0). ``valid`` ((1 or B, 1, d, h, w)
@@ -194,7 +208,8 @@ class SoftminHead(nn.Module):
             valid = valid.repeat_interleave(f, 2).repeat_interleave(f, 3).repeat_interleave(f, 4)
         valid = valid.expand_as(loc)
         b = loc.shape[0]
-        p = masked_softmin(loc.reshape(b, -1), valid.reshape(b, -1), self.beta).reshape(loc.shape)
+        beta = self.beta * self.beta_scale if self.training else self.beta
+        p = masked_softmin(loc.reshape(b, -1), valid.reshape(b, -1), beta).reshape(loc.shape)
         pred = (p * loc).flatten(1).sum(1)
         reg = loc.new_zeros(())
         if self.entropy_weight:

@@ -18,6 +18,7 @@ from survival3d.engine.components import Components
 from survival3d.data.datasets import load_cases
 from survival3d.engine.experiment import run_experiment
 from survival3d.engine.loop import NonFiniteLossError
+from survival3d.engine.survival_task import beta_warmup_factor
 from survival3d.engine.optim import warmup_cosine
 from survival3d.errors import ConfigError
 from survival3d.explain.callbacks import HeatmapCallback
@@ -190,3 +191,29 @@ def test_warmup_cosine_schedule():
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.1 + 0.9 * 0.5) and f(100) == pytest.approx(0.1)
     assert all(f(s) >= f(s + 1) for s in range(10, 100))
+
+
+def test_beta_warmup_sets_the_heads_factor_each_epoch(tiny_cfg, components):
+    """train.beta_warmup_epochs=W: the softmin head's training factor is start + (1 - start)·e/W in epoch e < W, then 1;
+    bad values and a head without β are one-line config errors."""
+    seen = []
+
+    def build_model(cfg, spec):
+        model = components.model(cfg, spec)
+        set_scale = model.head.set_beta_scale
+        model.head.set_beta_scale = lambda r: (seen.append(r), set_scale(r))
+        return model
+
+    recording = Components(build_model=build_model, build_loss=components.build_loss,
+                           generate_case=components.generate_case)
+    start = float(np.random.default_rng().uniform(0, 0.5))
+    run_experiment(tiny_cfg("train.epochs=4", "train.beta_warmup_epochs=2", f"train.beta_warmup_start={start}",
+                            "train.heatmap=false"), components=recording)
+    assert seen == pytest.approx([start, start + (1 - start) / 2, 1.0, 1.0])
+    assert beta_warmup_factor(3, 0, 0.0) == 1.0 and beta_warmup_factor(1, 4, 0.2) == pytest.approx(0.4)
+    for bad, msg in (("train.beta_warmup_epochs=-1", "beta_warmup_epochs must be >= 0"),
+                     ("train.beta_warmup_start=1.5", r"beta_warmup_start must be in \[0, 1\]")):
+        with pytest.raises(ConfigError, match=msg):
+            run_experiment(tiny_cfg(bad, name="bad"), components=components)
+    with pytest.raises(ConfigError, match="needs a head with a softmin β; head.name='meanpool'"):
+        run_experiment(tiny_cfg("train.beta_warmup_epochs=2", "head.name=meanpool", name="mp"), components=components)

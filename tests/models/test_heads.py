@@ -245,3 +245,32 @@ def test_context_mean_sees_the_valid_volume_only():
         SoftminHead(8, context="max")
     with pytest.raises(ValueError, match="needs the valid cubelets"):
         head.locs(tokens)
+
+
+def test_beta_warmup_scale_acts_in_training_only():
+    """set_beta_scale(r): in training mode p is the softmin at r·β (r = 0: uniform over the valid cubelets, pred =
+    their mean time, every valid cubelet's time gets gradient 1/|V|); evaluation uses the full β; not saved."""
+    torch.manual_seed(torch.seed() % 2**31)
+    head = SoftminHead(8, hidden=[8], beta_init=float(torch.empty(1).uniform_(1, 8)))
+    tokens = torch.randn(2, 8, 3, 2, 3)
+    valid = _valid(2, (3, 2, 3))
+    n = valid.flatten(1).sum(1)
+    r = float(torch.empty(1).uniform_(0.1, 0.9))
+    head.train()
+    head.set_beta_scale(r)
+    res = head(tokens, valid)
+    torch.testing.assert_close(res["p"].flatten(1), masked_softmin(res["loc"].flatten(1), valid.flatten(1), r * head.beta))
+    head.set_beta_scale(0.0)
+    res = head(tokens, valid)
+    torch.testing.assert_close(res["p"].flatten(1), valid.flatten(1) / n[:, None].float())
+    loc = res["loc"].flatten(1)
+    torch.testing.assert_close(res["pred"], (loc * valid.flatten(1)).sum(1) / n)
+    grad = torch.autograd.grad(res["pred"].sum(), res["loc"])[0].flatten(1)
+    torch.testing.assert_close(grad, valid.flatten(1) / n[:, None].float())
+    head.eval()  # evaluation: the full β whatever the warm-up factor
+    res = head(tokens, valid)
+    torch.testing.assert_close(res["p"].flatten(1), masked_softmin(res["loc"].flatten(1), valid.flatten(1), head.beta))
+    assert "beta_scale" not in head.state_dict()
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="warm-up factor must be in"):
+            head.set_beta_scale(bad)
