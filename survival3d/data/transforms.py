@@ -4,8 +4,8 @@ Two halves, so that the deterministic half can be cached (``CacheDataset``/``Per
 re-drawn every epoch:
 
 * :func:`deterministic_transforms`: (load from disk →) channel first → HU window to [0, 1] (clipped) → pad/crop or
-  resize to ``data.image_size`` (→ with ``data.outside_lung: air``, everything outside the lung mask set to the
-  window's bottom) → float32 tensors (optionally moved to the GPU once, for the GPU-side data path).
+  resize to ``data.image_size`` (→ with ``data.outside_lung: air`` or ``lung_mean``, everything outside the lung mask
+  set to the window's bottom or to the case's mean lung intensity) → float32 tensors (optionally moved to the GPU once, for the GPU-side data path).
 * :func:`random_transforms`: training-only augmentation — random flips along each axis and a small random affine
   (rotation, scale, translation), applied with the *same* random parameters to the image and every mask (masks are
   resampled with nearest neighbour so they stay binary).
@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
+from monai.config import KeysCollection
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -30,17 +32,44 @@ from monai.transforms import (
     Resized,
     ResizeWithPadOrCropd,
     ScaleIntensityRanged,
+    MapTransform,
     ToDeviced,
 )
 
 from survival3d.errors import ConfigError
 from survival3d.registry import did_you_mean
 
-__all__ = ["MASK_KEYS", "OUTSIDE_LUNG_MODES", "deterministic_transforms", "random_transforms", "SPATIAL_MODES"]
+__all__ = ["MASK_KEYS", "OUTSIDE_LUNG_MODES", "FillOutsideMaskWithMeand", "deterministic_transforms", "random_transforms", "SPATIAL_MODES"]
 
 MASK_KEYS = ("mask", "lung_mask", "distractor_mask")
 SPATIAL_MODES = ("resize", "pad_crop")
-OUTSIDE_LUNG_MODES = ("keep", "air")
+OUTSIDE_LUNG_MODES = ("keep", "air", "lung_mean")
+
+
+class FillOutsideMaskWithMeand(MapTransform):
+    """Set every voxel of ``keys`` outside ``mask_key`` (> 0) to the mean of that image inside the mask, per channel.
+
+    The region outside the mask becomes featureless *and* the mask's border carries no edge: unlike filling with a
+    constant such as air, a cubelet straddling the border then has no more intensity variation than the parenchyma
+    inside it. An image whose mask is empty is left unchanged.
+    """
+
+    def __init__(self, keys: KeysCollection, mask_key: str, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+
+    def __call__(self, data):
+        d = dict(data)
+        inside = torch.as_tensor(d[self.mask_key]) > 0
+        for key in self.key_iterator(d):
+            img = d[key]
+            m = inside.expand_as(img) if inside.shape[0] == 1 else inside
+            n = m.flatten(1).sum(1)
+            if not bool((n > 0).all()):
+                continue
+            mean = (img * m).flatten(1).sum(1) / n
+            d[key] = torch.where(m, img, mean.reshape(-1, *([1] * (img.ndim - 1))).to(img.dtype))
+        return d
 
 
 def deterministic_transforms(
@@ -65,8 +94,12 @@ def deterministic_transforms(
             carry a channel dimension.
         device: move the tensors there once after caching (e.g. ``"cuda:0"``), or ``None``.
         outside_lung: ``keep`` the image as it is, or set every voxel outside the lung mask (on the model's grid) to
-            ``air``, the bottom of the window (0): the model then sees lung parenchyma only — what the lung mask is
-            for — and the chest wall, mediastinum and hila can no longer pass for lesions. Needs ``lung_mask``.
+            ``air``, the bottom of the window (0), or to ``lung_mean``, the case's mean intensity inside the lung mask
+            (:class:`FillOutsideMaskWithMeand`): the model then sees lung parenchyma only — what the lung mask is
+            for — and the chest wall, mediastinum and hila can no longer pass for lesions. With ``air`` the lung's
+            border is still a strong edge (parenchyma against −1024 HU); with ``lung_mean`` it is not, so a cubelet on
+            the border has no more texture than the lung itself (the edge that texture-sensitive tokens otherwise
+            lock onto, docs/results.md). Needs ``lung_mask``.
     """
     if spatial not in SPATIAL_MODES:
         raise ConfigError(f"data.spatial '{spatial}' is not one of {SPATIAL_MODES}.{did_you_mean(spatial, SPATIAL_MODES)}")
@@ -75,8 +108,8 @@ def deterministic_transforms(
     if outside_lung not in OUTSIDE_LUNG_MODES:
         raise ConfigError(f"data.outside_lung '{outside_lung}' is not one of {OUTSIDE_LUNG_MODES}."
                           f"{did_you_mean(outside_lung, OUTSIDE_LUNG_MODES)}")
-    if outside_lung == "air" and "lung_mask" not in mask_keys:
-        raise ConfigError("data.outside_lung=air needs lung masks (a lung_mask column in the manifest, a dummy level "
+    if outside_lung != "keep" and "lung_mask" not in mask_keys:
+        raise ConfigError(f"data.outside_lung={outside_lung} needs lung masks (a lung_mask column in the manifest, a dummy level "
                           "with lungs, or run.py preprocess).")
     lo, hi = (float(v) for v in intensity_window)
     if not hi > lo:
@@ -96,6 +129,8 @@ def deterministic_transforms(
         chain.append(ResizeWithPadOrCropd(keys=keys, spatial_size=size, mode="constant", value=0.0))
     if outside_lung == "air":  # 0 is the window's bottom (air)
         chain.append(MaskIntensityd(keys="image", mask_key="lung_mask"))
+    elif outside_lung == "lung_mean":
+        chain.append(FillOutsideMaskWithMeand(keys="image", mask_key="lung_mask"))
     chain.append(EnsureTyped(keys=keys, dtype="float32"))
     if device is not None:
         chain.append(ToDeviced(keys=keys, device=device))

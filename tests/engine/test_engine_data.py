@@ -136,3 +136,31 @@ def test_random_transforms_ill_arguments():
         random_transforms(mask_keys=["mask"], affine_prob=-0.1)
     chain = random_transforms(mask_keys=["mask"], affine_prob=0.0)
     assert len(chain.transforms) == 3  # flips only
+
+
+@pytest.mark.parametrize("spatial", ["resize", "pad_crop"])
+def test_outside_lung_mean_fills_with_the_lungs_mean_and_leaves_no_edge(rng, spatial):
+    """lung_mean: inside the lung mask unchanged, outside it the mean of the (windowed) image inside; the lung's
+    border then carries no edge (a cubelet half in, half out has the parenchyma's own spread); an empty mask is a
+    no-op."""
+    shape = (1, 12, 10, 14)
+    img = torch.from_numpy(rng.normal(-850, 25, shape).astype(np.float32))
+    lung = torch.zeros(shape)
+    lung[..., : shape[-1] // 2] = 1  # the left half is lung, the right half soft tissue
+    img[..., shape[-1] // 2:] = 40.0
+    kw = dict(image_size=list(shape[1:]), intensity_window=[-1024, 150], spatial=spatial)
+    keep = deterministic_transforms(mask_keys=["lung_mask"], **kw)({"image": img, "lung_mask": lung})
+    out = deterministic_transforms(mask_keys=["lung_mask"], outside_lung="lung_mean", **kw)({"image": img,
+                                                                                           "lung_mask": lung})
+    inside = out["lung_mask"] > 0
+    np.testing.assert_allclose(out["image"][inside].numpy(), keep["image"][inside].numpy())
+    mean = keep["image"][inside].double().mean().item()
+    np.testing.assert_allclose(out["image"][~inside].numpy(), mean, rtol=1e-6)
+    border = (slice(None), slice(0, 4), slice(0, 4), slice(shape[-1] // 2 - 2, shape[-1] // 2 + 2))
+    assert keep["image"][border].std() > 10 * out["image"][border].std()  # the edge is gone
+    assert out["image"][border].std() <= keep["image"][inside].std()
+    empty = deterministic_transforms(mask_keys=["lung_mask"], outside_lung="lung_mean", **kw)(
+        {"image": img, "lung_mask": torch.zeros(shape)})
+    np.testing.assert_allclose(empty["image"].numpy(), keep["image"].numpy())
+    with pytest.raises(ConfigError, match="data.outside_lung=lung_mean needs lung masks"):
+        deterministic_transforms(mask_keys=["mask"], outside_lung="lung_mean", **kw)

@@ -114,16 +114,17 @@ def test_resume_skips_finished_cases(predicted, tiny_realct, capsys):
     assert rc == 0 and "predicted 0 case(s), 2 already done, 0 failed" in capsys.readouterr().out
 
 
-def test_outside_lung_air_travels_with_the_model(tiny_realct, tmp_path, rng):
-    """A model trained with data.outside_lung=air: predict applies the same masking, so whatever lies outside the
+@pytest.mark.parametrize("mode", ["air", "lung_mean"])
+def test_outside_lung_travels_with_the_model(tiny_realct, tmp_path, rng, mode):
+    """A model trained with data.outside_lung=air or lung_mean: predict applies the same masking, so whatever lies outside the
     lung mask (here: the chest wall and mediastinum replaced by random HU) changes neither the prediction nor the
     heatmap; the model trained without it does change."""
     from survival3d.data.plan import sidecar_of
     from survival3d.io import write_nifti
 
-    run = tmp_path / "runs" / "air"
-    assert main(["train", f"out_dir={tmp_path / 'runs'}", "name=air", f"data.manifest={tiny_realct['manifest']}",
-                 *TINY_RUN, "data.outside_lung=air"]) == 0
+    run = tmp_path / "runs" / mode
+    assert main(["train", f"out_dir={tmp_path / 'runs'}", f"name={mode}", f"data.manifest={tiny_realct['manifest']}",
+                 *TINY_RUN, f"data.outside_lung={mode}"]) == 0
     man = pd.read_csv(tiny_realct["manifest"]).drop(columns=["time", "event"])
     man = man[man["id"] == "lung2_image"].reset_index(drop=True)
     img = nib.load(tiny_realct["pp"] / man.loc[0, "image"])
