@@ -137,7 +137,8 @@ def predict_arrays(model: torch.nn.Module, loader, device: torch.device, *, amp:
 
     Returns:
         ``{"id": [...], "time", "event", "pred_time", "risk"[, "expected_time"], "loss_sum", "n"[, "diag"]}``.
-        Tensors are gathered on the device and copied to the host once at the end.
+        ``event`` is int64, or float64 with NaN where a case has no outcome (a manifest read with
+        ``require_outcome=False``). Tensors are gathered on the device and copied to the host once at the end.
     """
     was_training = model.training
     model.eval()
@@ -171,7 +172,8 @@ def predict_arrays(model: torch.nn.Module, loader, device: torch.device, *, amp:
     for k, v in cols.items():
         if v and (k != "expected_time" or len(v) == len(cols["time"])):
             result[k] = torch.cat(v).cpu().numpy().astype(np.float64)
-    result["event"] = result["event"].astype(np.int64)
+    if np.isfinite(result["event"]).all():  # cases without an outcome (predict, explain) keep NaN, not a junk integer
+        result["event"] = result["event"].astype(np.int64)
     result["loss_sum"] = float(loss_sum.cpu()) if loss_fn is not None else float("nan")
     result["n"] = n
     if diagnostics:

@@ -3,6 +3,7 @@ diagnostics columns of metrics.csv, and predictions that do not depend on whethe
 
 import csv
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,12 @@ def test_metrics_csv_has_diagnostics_and_predictions_do_not_depend_on_them(tiny_
     b = predict_arrays(trained.model, loader, torch.device("cpu"), diagnostics=True)
     np.testing.assert_array_equal(a["pred_time"], b["pred_time"])
     assert "diag" in b and "diag" not in a
+    assert a["event"].dtype == np.int64
+    # cases without an outcome (predict/explain read a manifest with blank time/event): NaN stays NaN, no junk integer
+    blank = [{**case, "time": float("nan"), "event": float("nan")} for case in ds]
+    loader = torch.utils.data.DataLoader(blank, batch_size=3, shuffle=False, collate_fn=collate_cases)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "invalid value encountered in cast"
+        c = predict_arrays(trained.model, loader, torch.device("cpu"))
+    assert np.isnan(c["event"]).all() and np.isnan(c["time"]).all()
+    np.testing.assert_array_equal(c["pred_time"], a["pred_time"])
