@@ -178,7 +178,7 @@ def _measure_train(c: BenchContender, inputs, *, steps, warmup, amp, flops) -> d
                 c.net = net
     finally:
         opt.zero_grad(set_to_none=True)
-        del opt
+        opt = None  # drop the optimiser state (the step closure shares this variable) before the next contender
     return rec
 
 
