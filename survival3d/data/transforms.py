@@ -5,7 +5,8 @@ re-drawn every epoch:
 
 * :func:`deterministic_transforms`: (load from disk →) channel first → HU window to [0, 1] (clipped) → pad/crop or
   resize to ``data.image_size`` (→ with ``data.outside_lung: air`` or ``lung_mean``, everything outside the lung mask
-  set to the window's bottom or to the case's mean lung intensity) → float32 tensors (optionally moved to the GPU once, for the GPU-side data path).
+  set to the window's bottom or to the case's mean lung intensity) → float32 tensors (optionally moved to the GPU
+  once, for the GPU-side data path).
 * :func:`random_transforms`: training-only augmentation — random flips along each axis and a small random affine
   (rotation, scale, translation), applied with the *same* random parameters to the image and every mask (masks are
   resampled with nearest neighbour so they stay binary).
@@ -26,20 +27,21 @@ from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
+    MapTransform,
     MaskIntensityd,
     RandAffined,
     RandFlipd,
     Resized,
     ResizeWithPadOrCropd,
     ScaleIntensityRanged,
-    MapTransform,
     ToDeviced,
 )
 
 from survival3d.errors import ConfigError
 from survival3d.registry import did_you_mean
 
-__all__ = ["MASK_KEYS", "OUTSIDE_LUNG_MODES", "FillOutsideMaskWithMeand", "deterministic_transforms", "random_transforms", "SPATIAL_MODES"]
+__all__ = ["MASK_KEYS", "OUTSIDE_LUNG_MODES", "FillOutsideMaskWithMeand", "deterministic_transforms", "random_transforms",
+           "SPATIAL_MODES"]
 
 MASK_KEYS = ("mask", "lung_mask", "distractor_mask")
 SPATIAL_MODES = ("resize", "pad_crop")
@@ -109,8 +111,8 @@ def deterministic_transforms(
         raise ConfigError(f"data.outside_lung '{outside_lung}' is not one of {OUTSIDE_LUNG_MODES}."
                           f"{did_you_mean(outside_lung, OUTSIDE_LUNG_MODES)}")
     if outside_lung != "keep" and "lung_mask" not in mask_keys:
-        raise ConfigError(f"data.outside_lung={outside_lung} needs lung masks (a lung_mask column in the manifest, a dummy level "
-                          "with lungs, or run.py preprocess).")
+        raise ConfigError(f"data.outside_lung={outside_lung} needs lung masks (a lung_mask column in the manifest, "
+                          "a dummy level with lungs, or run.py preprocess).")
     lo, hi = (float(v) for v in intensity_window)
     if not hi > lo:
         raise ConfigError(f"data.intensity_window must be [low, high] with high > low, got {list(intensity_window)}.")
