@@ -44,7 +44,7 @@ import yaml
 
 CLI = [sys.executable, "-m", "survival3d.cli"]
 METRICS = ["val_c_index", "val_oracle", "val_gap", "val_p_lesion", "val_p_lesion_chance", "val_p_distractor",
-           "val_p_distractor_chance",
+           "val_p_distractor_chance", "val_pointing",
            "fresh_c_index",
            "fresh_oracle", "fresh_gap", "pointing_game", "energy_pg", "energy_pg_cubelet", "train_s"]
 
@@ -76,6 +76,7 @@ def _score(run: Path, ev: Path | None, ex: Path | None, method: str) -> dict:
         "val_p_lesion_chance": float(last.get("p_lesion_chance", np.nan)),
         "val_p_distractor": float(last.get("p_distractor", np.nan)),
         "val_p_distractor_chance": float(last.get("p_distractor_chance", np.nan)),
+        "val_pointing": float(last.get("pointing", np.nan)),
         "train_s": float(hist["epoch_time_s"].sum()),
         "epochs": int(last["epoch"]),
     }

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from survival3d.metrics.localisation import pointing_game
 from survival3d.runtime import autocast  # re-exported: the one bf16 autocast of the package
 
 __all__ = ["model_inputs", "forward", "autocast", "predict_arrays", "predictions_frame", "to_device", "output_diagnostics",
@@ -57,7 +58,8 @@ def forward(model: torch.nn.Module, batch: Mapping[str, Any], *, amp: bool = Fal
 
 
 #: The per-case sums :func:`output_diagnostics` returns (each with its count ``n_<name>``, see there).
-DIAGNOSTIC_SUMS = ("p_entropy", "p_max", "loc_sd", "p_lesion", "p_distractor", "p_lesion_chance", "p_distractor_chance")
+DIAGNOSTIC_SUMS = ("p_entropy", "p_max", "loc_sd", "p_lesion", "p_distractor", "p_lesion_chance", "p_distractor_chance",
+                   "pointing")
 
 
 def _cubelet_any(mask: torch.Tensor, grid: tuple[int, ...], patch_size: int) -> torch.Tensor:
@@ -80,7 +82,10 @@ def output_diagnostics(out, batch: Mapping[str, Any], patch_size: int | None = N
       with a lesion only);
     * ``p_distractor``: the same for ``distractor_mask`` (cases with a distractor only);
     * ``p_lesion_chance``, ``p_distractor_chance``: what a uniform map over :math:`V` would put there,
-      :math:`|L \cap V| / |V|` (the same cases): the level a map that ignores the lesions (distractors) sits at.
+      :math:`|L \cap V| / |V|` (the same cases): the level a map that ignores the lesions (distractors) sits at;
+    * ``pointing``: the voxel-level pointing game of the ``head_grid`` map (p on valid cells, nearest-upsampled to
+      the voxels of the model's input) against ``mask`` inside ``lung_mask`` (cases with a lesion there only):
+      :func:`survival3d.metrics.localisation.pointing_game`, the rule ``run.py explain`` scores with.
 
     Returns float64 tensors on the batch's device: each name of :data:`DIAGNOSTIC_SUMS` and ``n_<name>``, the
     number of cases it summed over. Empty for heads without a map. Pure reads of the model's output: no random
@@ -120,7 +125,26 @@ def output_diagnostics(out, batch: Mapping[str, Any], patch_size: int | None = N
         chance = (cub & valid).flatten(1).sum(1).double() / valid.flatten(1).sum(1).clamp_min(1).double()
         sums[f"{name}_chance"] = (chance * has).sum()
         sums[f"n_{name}_chance"] = sums[f"n_{name}"]
+    if torch.is_tensor(batch.get("mask")):
+        sums.update(_pointing_sums(torch.where(valid, p, torch.zeros_like(p)), batch["mask"], batch.get("lung_mask"),
+                                   image_shape, ps))
     return sums
+
+
+def _pointing_sums(p: torch.Tensor, mask: torch.Tensor, lung_mask, image_shape, cell: int) -> dict[str, torch.Tensor]:
+    """``pointing`` and ``n_pointing`` of :func:`output_diagnostics`: the map's cells repeated to voxels (exactly a
+    nearest upsampling by an integer factor), cropped to the image, scored case by case on the host."""
+    up = p
+    for dim in (2, 3, 4):
+        up = up.repeat_interleave(cell, dim=dim)
+    d, h, w = (int(s) for s in image_shape)
+    up = up[:, 0, :d, :h, :w].cpu().numpy()
+    masks = mask[:, 0].cpu().numpy()
+    lungs = lung_mask[:, 0].cpu().numpy() if torch.is_tensor(lung_mask) else [None] * len(up)
+    hits = [pointing_game(hm, mk, lung_mask=lg) for hm, mk, lg in zip(up, masks, lungs)]
+    scored = [x for x in hits if not np.isnan(x)]
+    total = p.new_tensor(float(sum(scored)), dtype=torch.float64)
+    return {"pointing": total, "n_pointing": p.new_tensor(float(len(scored)), dtype=torch.float64)}
 
 
 @torch.no_grad()

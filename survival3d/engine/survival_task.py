@@ -60,7 +60,7 @@ METRICS_COLUMNS = (
     "val_loss", "c_index", "c_index_oracle", "mae_uncensored", "mae_censored",
     # diagnostics (docs/training.md): the head's parameters, then the validation maps (survival_task.diagnostics)
     "beta", "loc_bias", "var", "p_entropy", "p_max", "loc_sd", "p_lesion", "p_distractor",
-    "p_lesion_chance", "p_distractor_chance",
+    "p_lesion_chance", "p_distractor_chance", "pointing",
 )
 
 

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 #: Validation columns an objective may weight (higher is better for a positive weight; weight a ``min`` metric
 #: such as ``val_loss`` negatively), plus ``c_index_gap`` = c_index − c_index_oracle.
 OBJECTIVE_TERMS = ("c_index", "c_index_gap", "p_lesion", "p_distractor", "val_loss", "mae_uncensored", "mae_censored",
-                   "p_max", "p_entropy")
+                   "p_max", "p_entropy", "pointing")
 
 #: Overrides every trial gets on top of the study's (not written into the best config).
 TRIAL_MECHANICS = ("logging.wandb=false", "logging.progress=false", "train.overwrite=true")
@@ -405,7 +405,7 @@ def make_objective(spec: StudySpec, out_dir: Path, *, components=None):
                     trial.set_user_attr("diverged", f"seed {seed}: {str(e).split(';')[0]}")
                     raise optuna.TrialPruned(f"seed {seed} diverged (non-finite loss)") from None
             value = objective_value(result, spec.objective)
-            for m in ("c_index", "c_index_oracle", "p_lesion", "val_loss", "time"):
+            for m in ("c_index", "c_index_oracle", "p_lesion", "pointing", "val_loss", "time"):
                 v = result.get(m)
                 v = v.get("mean") if isinstance(v, Mapping) else v
                 if isinstance(v, (int, float)):

@@ -27,7 +27,7 @@ from survival3d.explain.base import (
     model_inputs,
     run_model,
 )
-from survival3d.explain.localisation import LOCALISATION_COLUMNS, localisation_metrics
+from survival3d.metrics.localisation import LOCALISATION_COLUMNS, localisation_metrics
 
 __all__ = [
     "EXPLAINERS",

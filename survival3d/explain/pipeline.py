@@ -16,7 +16,7 @@ import torch
 
 from survival3d.explain.base import EXPLAINERS, Unsupported, patch_size_of, run_model
 from survival3d.explain.io import plot_3d, plot_overlays, save_nifti, source_geometry, to_source_grid
-from survival3d.explain.localisation import LOCALISATION_COLUMNS, localisation_metrics
+from survival3d.metrics.localisation import LOCALISATION_COLUMNS, localisation_metrics
 from survival3d.io import write_csv, write_json, write_text
 
 __all__ = ["Case", "explain_cases", "leaderboard", "safe_name", "write_leaderboard"]

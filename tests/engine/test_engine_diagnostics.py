@@ -67,7 +67,47 @@ def test_output_diagnostics_matches_reference(rng):
     assert means["p_lesion"] == pytest.approx(np.mean(with_lesion), rel=1e-5)
     assert means["p_lesion_chance"] == pytest.approx(np.mean(chance), rel=1e-9)
     # no head parameters, no learnable var
-    assert set(means) == {"p_entropy", "p_max", "loc_sd", "p_lesion", "p_lesion_chance"}
+    assert set(means) == {"p_entropy", "p_max", "loc_sd", "p_lesion", "p_lesion_chance", "pointing"}
+
+
+@pytest.mark.parametrize("cell", [4, 2])  # the model's cubelets, and a map finer than them (head.map_upsample 2)
+def test_pointing_is_the_head_grid_pointing_game_of_explain(rng, cell):
+    """``pointing`` against what ``run.py explain`` scores: the head_grid map (p on valid cells, nearest-upsampled
+    by explain's own ``cubelets_to_image``) through ``localisation_metrics``, inside a lung mask; cases whose
+    lesion lies outside the lung and cases without a lesion are not counted."""
+    from survival3d.explain.base import cubelets_to_image
+    from survival3d.metrics.localisation import localisation_metrics
+
+    b, size = 7, (14, 12, 9)
+    grid = tuple(-(-s // cell) for s in size)
+    valid = rng.random((b, 1, *grid)) < 0.8
+    valid[:, 0, 0, 0, 0] = True
+    p = np.where(valid, np.exp(rng.normal(0, 3, (b, 1, *grid))), 0.0)
+    p = (p / p.reshape(b, -1).sum(1).reshape(b, 1, 1, 1, 1)).astype(np.float32)
+    lung = np.zeros((b, 1, *size), np.float32)
+    lung[:, :, 1:13, 2:11, 1:8] = 1
+    mask = np.zeros((b, 1, *size), np.float32)
+    for k in range(b - 2):
+        z, y, x = rng.integers(2, 11), rng.integers(2, 9), rng.integers(1, 6)
+        mask[k, 0, z:z + 4, y:y + 3, x:x + 3] = 1
+    mask[b - 2, 0, 0, 0, 0] = 1  # outside the lung: not scored
+    # a case whose peak is pinned: its cell's centre voxels inside the lesion -> a hit
+    valid[0, 0, 1, 1, 1] = True
+    p[0] = 0
+    p[0, 0, 1, 1, 1] = 1.0
+    mask[0] = 0
+    mask[0, 0, cell:2 * cell, cell:2 * cell, cell:2 * cell] = 1
+    out = SurvivalOutput(pred=torch.zeros(b), risk=torch.zeros(b), p=torch.tensor(p), loc=None,
+                         valid=torch.tensor(valid))
+    batch = {"image": torch.zeros(b, 1, *size), "mask": torch.tensor(mask), "lung_mask": torch.tensor(lung)}
+    sums = output_diagnostics(out, batch, 4)
+    heat = cubelets_to_image(torch.tensor(np.where(valid, p, 0.0)), size, cell).numpy()
+    ref = [localisation_metrics(heat[k, 0], mask[k, 0], lung_mask=lung[k, 0])["pointing_game"] for k in range(b)]
+    scored = [r for r in ref if not np.isnan(r)]
+    assert ref[0] == 1.0 and np.isnan(ref[-1]) and np.isnan(ref[-2]) and len(scored) == b - 2
+    assert float(sums["n_pointing"]) == len(scored)
+    assert float(sums["pointing"]) == sum(scored)
+    assert 0 < sum(scored)
 
 
 def test_uniform_and_one_hot_maps_give_closed_form_entropy():
@@ -92,9 +132,10 @@ def test_metrics_csv_has_diagnostics_and_predictions_do_not_depend_on_them(tiny_
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == list(METRICS_COLUMNS)
     for r in rows:
-        for col in ("p_entropy", "p_max", "loc_sd", "p_lesion", "var"):
+        for col in ("p_entropy", "p_max", "loc_sd", "p_lesion", "var", "pointing"):
             assert r[col] != "" and math.isfinite(float(r[col])), col
         assert 0 < float(r["p_max"]) <= 1 and 0 <= float(r["p_lesion"]) <= 1 and float(r["var"]) > 0
+        assert 0 <= float(r["pointing"]) <= 1
     # the same weights give the same predictions with and without the diagnostics pass
     from survival3d.engine.checkpoint import load_trained
 

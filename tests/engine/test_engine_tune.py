@@ -73,9 +73,10 @@ def test_bad_study_settings(tmp_path):
 
 def test_objective_value_weighted_sum(rng):
     m = {"c_index": rng.uniform(0.5, 1), "c_index_oracle": rng.uniform(0.5, 1), "p_lesion": rng.uniform(0, 1),
-         "val_loss": rng.uniform(1, 5)}
-    w = {"c_index_gap": rng.normal(), "p_lesion": rng.normal(), "val_loss": -rng.uniform()}
-    ref = w["c_index_gap"] * (m["c_index"] - m["c_index_oracle"]) + w["p_lesion"] * m["p_lesion"] + w["val_loss"] * m["val_loss"]
+         "val_loss": rng.uniform(1, 5), "pointing": rng.uniform(0, 1)}
+    w = {"c_index_gap": rng.normal(), "p_lesion": rng.normal(), "val_loss": -rng.uniform(), "pointing": rng.normal()}
+    ref = (w["c_index_gap"] * (m["c_index"] - m["c_index_oracle"]) + w["p_lesion"] * m["p_lesion"]
+           + w["val_loss"] * m["val_loss"] + w["pointing"] * m["pointing"])
     assert objective_value(m, w) == pytest.approx(ref, rel=1e-12)
     assert objective_value({"c_index": {"mean": 0.7, "sd": 0.1}}, {"c_index": 2.0}) == pytest.approx(1.4)
     assert math.isnan(objective_value({"c_index": float("nan")}, {"c_index": 1.0}))
@@ -166,13 +167,18 @@ def test_resume_after_kill(tmp_path):
     proc = subprocess.Popen(_tune_cmd(path, out), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:  # kill once trial 0 is complete and trial 1 has started
+    # kill once trial 0 is complete and trial 1 is running with a heartbeat on record (a trial killed between
+    # Optuna's ask() and its first heartbeat has none, so nothing can tell it from a live worker's: it stays RUNNING)
+    while time.monotonic() < deadline:
         if (out / "study.db").is_file():
             try:
                 s = _states(out / "study.db")
+                with sqlite3.connect(out / "study.db") as con:
+                    beats = con.execute("select count(*) from trial_heartbeats h join trials t using (trial_id) "
+                                        "where t.number = 1").fetchone()[0]
             except sqlite3.OperationalError:
-                s = []
-            if s[:1] == ["COMPLETE"] and "RUNNING" in s[1:]:
+                s, beats = [], 0
+            if s[:1] == ["COMPLETE"] and "RUNNING" in s[1:] and beats:
                 break
         if proc.poll() is not None:
             pytest.fail("the study finished before it could be killed")

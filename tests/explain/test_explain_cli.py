@@ -12,7 +12,7 @@ from evalx_standin import TinySurvivalModel, sphere_case
 
 from survival3d.cli import main
 from survival3d.explain.io import save_nifti, source_geometry, to_source_grid
-from survival3d.explain.localisation import LOCALISATION_COLUMNS
+from survival3d.metrics.localisation import LOCALISATION_COLUMNS
 from survival3d.explain.pipeline import Case
 
 

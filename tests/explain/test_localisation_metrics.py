@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from survival3d.explain.localisation import LOCALISATION_COLUMNS, cubelet_sum, localisation_metrics
+from survival3d.metrics.localisation import LOCALISATION_COLUMNS, cubelet_sum, localisation_metrics
 
 
 def _blob(rng, shape=(16, 16, 16), r=3):
