@@ -178,6 +178,7 @@ class TrainConfig:
     freeze_encoder_epochs: int = 0  # train only the head (and FiLM) for this many epochs first (with model.init)
     beta_warmup_epochs: int = 0  # softmin head: training uses r*beta, r rising linearly to 1 over these epochs (0 = off)
     beta_warmup_start: float = 0.0  # r in the first epoch (0 = a uniform map: every cubelet's time gets gradient)
+    flip_consistency_weight: float = 0.0  # + w * mean (loc(x) - flip(loc(flip x)))^2 over valid cubelets (0 = off)
 
 
 @dataclass

@@ -46,6 +46,7 @@ from survival3d.engine.distributed import DistInfo, ShardSampler, all_gather_obj
 from survival3d.engine.inference import DIAGNOSTIC_SUMS, forward, predict_arrays, predictions_frame
 from survival3d.engine.loop import Engine, EngineSettings, Task
 from survival3d.errors import ConfigError, InputError
+from survival3d.losses.functional import flip_consistency
 from survival3d.io import write_csv, write_json
 from survival3d.metrics.validation import METRIC_MODES, validation_metrics
 from survival3d.registry import did_you_mean
@@ -86,18 +87,35 @@ def diagnostics(model: torch.nn.Module, loss_fn: torch.nn.Module, sums: dict[str
 class _ModelAndLoss(torch.nn.Module):
     """Model + loss in one module, so DDP synchronises the loss's parameters (e.g. a learnable variance) too."""
 
-    def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, amp: bool, time_grid: TimeGrid | None = None):
+    def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, amp: bool, time_grid: TimeGrid | None = None,
+                 flip_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
         self.amp = amp
         self.time_grid = time_grid
+        self.flip_weight = float(flip_weight)
 
     def forward(self, batch: dict[str, Any]):
         out = forward(self.model, batch, amp=self.amp)
         time = batch["time"] if self.time_grid is None else self.time_grid.to_grid(batch["time"])
         with autocast(batch["image"].device, self.amp):
-            return self.loss_fn(out, time, batch["event"])
+            losses = self.loss_fn(out, time, batch["event"])
+        if self.flip_weight > 0 and out.loc is not None:
+            losses = {**losses, "loss": losses["loss"] + self.flip_weight * self._flip_term(batch, out)}
+        return losses
+
+    def _flip_term(self, batch: dict[str, Any], out) -> torch.Tensor:
+        """``train.flip_consistency_weight``: a second pass on the batch flipped along a random non-empty set of
+        spatial axes (drawn from torch's global generator, so runs and resumes repeat), compared cubelet by cubelet
+        with the first (:func:`~survival3d.losses.functional.flip_consistency`)."""
+        code = int(torch.randint(1, 8, ()))
+        dims = [2 + a for a in range(3) if code >> a & 1]
+        flipped = {**batch, "image": batch["image"].flip(dims)}
+        if torch.is_tensor(batch.get("lung_mask")):
+            flipped["lung_mask"] = batch["lung_mask"].flip(dims)
+        out_f = forward(self.model, flipped, amp=self.amp)
+        return flip_consistency(out.loc, out_f.loc, out.valid, dims)
 
 
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +140,13 @@ def check_train_config(cfg) -> None:
         raise ConfigError(f"train.beta_warmup_epochs must be >= 0, got {t.beta_warmup_epochs}.")
     if not 0.0 <= float(t.beta_warmup_start) <= 1.0:
         raise ConfigError(f"train.beta_warmup_start must be in [0, 1], got {t.beta_warmup_start}.")
+    w = float(t.flip_consistency_weight)
+    if not (math.isfinite(w) and w >= 0):
+        raise ConfigError(f"train.flip_consistency_weight must be a finite number >= 0, got {t.flip_consistency_weight}.")
+    ps = int(cfg.model.patch_size)
+    if w > 0 and any(int(s) % ps for s in cfg.data.image_size):
+        raise ConfigError(f"train.flip_consistency_weight needs data.image_size {list(cfg.data.image_size)} to be a "
+                          f"multiple of model.patch_size {ps} in every dimension (else cubelets do not flip with the image).")
 
 
 def beta_warmup_factor(epoch: int, warmup_epochs: int, start: float) -> float:
@@ -240,7 +265,8 @@ class SurvivalTask(Task):
             init_encoder(self.model, cfg.model.init)
         self.loss_fn = self.components.loss(grid_cfg.loss).to(self.device)
         step_model = torch.compile(self.model) if t.compile else self.model
-        self.module = _ModelAndLoss(step_model, self.loss_fn, self.amp, self.time_grid)
+        self.module = _ModelAndLoss(step_model, self.loss_fn, self.amp, self.time_grid,
+                                    flip_weight=float(t.flip_consistency_weight))
         self.train_sampler, self.train_loader, self.val_loader = make_loaders(
             self.train_ds, self.val_ds, cfg.data, seed=int(t.seed), dist=engine.dist, device=self.device)
 

@@ -19,6 +19,7 @@ __all__ = [
     "censored_nll_log_pmf",
     "classical_nll",
     "cox_partial_nll",
+    "flip_consistency",
     "REDUCTIONS",
     "TIES",
 ]
@@ -262,3 +263,24 @@ def cox_partial_nll(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
         log_den = log_s + torch.log1p(-(rank / d) * torch.exp(log_e - log_s))
     term = torch.where(event, log_den - risk, torch.zeros_like(risk))
     return _reduce(term, reduction, event.sum().clamp_min(1).to(risk.dtype))
+
+
+def flip_consistency(loc: torch.Tensor, loc_flipped: torch.Tensor, valid: torch.Tensor | None, dims) -> torch.Tensor:
+    r"""How far a per-cubelet map is from flip equivariance: the mean over cases of
+
+    .. math:: \frac{1}{|V|} \sum_{i \in V} \big(\ell_i(x) - \ell_{F(i)}(F x)\big)^2,
+
+    where ``loc_flipped`` is the map of the flipped input :math:`Fx` (flipped along ``dims`` of the (B, 1, d, h, w)
+    grid), so :math:`F` undoes the flip, and :math:`V` the cubelets valid in both maps (``valid``: the unflipped
+    input's, the flipped one's is its mirror). 0 for a map that commutes with the flip; a detector that marks the
+    cubelet *beside* a lesion in a fixed direction scores > 0 under a flip of that axis. Units: the map's², e.g.
+    time units² for the softmin head's ``loc``. Requires each image dimension to be a multiple of the cubelet edge
+    (else the cubelet grid does not flip with the image).
+    """
+    back = loc_flipped.flip(dims)
+    dtype = torch.promote_types(torch.promote_types(loc.dtype, back.dtype), torch.float32)  # float64 stays float64
+    diff = (loc.to(dtype) - back.to(dtype)).square()
+    if valid is None:
+        return diff.flatten(1).mean(1).mean()
+    v = (valid & valid.flip(dims)).to(diff.dtype)
+    return ((diff * v).flatten(1).sum(1) / v.flatten(1).sum(1).clamp_min(1.0)).mean()

@@ -87,10 +87,12 @@ run_experiment(load_config({config!r}, schema=ExperimentConfig), components=stan
 """
 
 
-def test_resume_after_sigkill_reproduces_uninterrupted_run(tiny_cfg, components, tmp_path):
-    whole = tiny_cfg(name="whole")
+@pytest.mark.parametrize("extra", [[], ["train.flip_consistency_weight=0.1"]], ids=["plain", "flip_consistency"])
+def test_resume_after_sigkill_reproduces_uninterrupted_run(tiny_cfg, components, tmp_path, extra):
+    """Resume is exact, also with the flip-consistency term (its random flips come from the restored RNG)."""
+    whole = tiny_cfg(*extra, name="whole")
     run_experiment(whole, components=components)
-    broken = tiny_cfg(name="broken")
+    broken = tiny_cfg(*extra, name="broken")
     save_config(broken, tmp_path / "broken.yaml")
     script = _KILL_SCRIPT.format(testdir=str(Path(__file__).parent), config=str(tmp_path / "broken.yaml"))
     proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=300)
@@ -217,3 +219,56 @@ def test_beta_warmup_sets_the_heads_factor_each_epoch(tiny_cfg, components):
             run_experiment(tiny_cfg(bad, name="bad"), components=components)
     with pytest.raises(ConfigError, match="needs a head with a softmin β; head.name='meanpool'"):
         run_experiment(tiny_cfg("train.beta_warmup_epochs=2", "head.name=meanpool", name="mp"), components=components)
+
+
+def test_flip_consistency_term_and_config_checks(tiny_cfg, components):
+    """train.flip_consistency_weight adds w * flip_consistency of a second, flipped pass to the training loss:
+    0 for a model whose loc commutes with flips, the closed-form value for one that marks the neighbouring cubelet;
+    the lung mask is flipped with the image; bad values are one-line config errors."""
+    from survival3d.contracts import SurvivalOutput
+    from survival3d.engine.survival_task import _ModelAndLoss
+
+    class PoolModel(torch.nn.Module):  # loc = cubelet means of the image (+ a shift of one cubelet along W)
+        def __init__(self, shift):
+            super().__init__()
+            self.shift = shift
+            self.seen_lungs = []
+
+        def forward(self, image, lung_mask=None, **_):
+            self.seen_lungs.append(lung_mask)
+            loc = torch.nn.functional.avg_pool3d(image, 2).roll(self.shift, dims=-1)
+            valid = torch.ones_like(loc, dtype=torch.bool)
+            return SurvivalOutput(pred=loc.flatten(1).mean(1), risk=-loc.flatten(1).mean(1), loc=loc, valid=valid)
+
+    class Zero(torch.nn.Module):
+        def forward(self, out, time, event):
+            return {"loss": out.pred.sum() * 0}
+
+    rng = np.random.default_rng()
+    image = torch.tensor(rng.normal(size=(3, 1, 4, 6, 8)), dtype=torch.float32)
+    lung = torch.tensor(rng.random((3, 1, 4, 6, 8)) < 0.5)
+    batch = {"image": image, "lung_mask": lung, "time": torch.ones(3), "event": torch.ones(3)}
+    equivariant = _ModelAndLoss(PoolModel(0), Zero(), amp=False, flip_weight=0.5)
+    assert float(equivariant(batch)["loss"]) == pytest.approx(0.0, abs=1e-6)
+    assert torch.equal(equivariant.model.seen_lungs[0], lung)
+    flipped_lung = equivariant.model.seen_lungs[1]
+    assert any(torch.equal(flipped_lung, lung.flip(d)) for d in
+               ([2], [3], [4], [2, 3], [2, 4], [3, 4], [2, 3, 4]))
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    state = torch.get_rng_state()
+    code = int(torch.randint(1, 8, ()))
+    dims = [2 + a for a in range(3) if code >> a & 1]
+    torch.set_rng_state(state)
+    shifted = _ModelAndLoss(PoolModel(1), Zero(), amp=False, flip_weight=0.5)
+    loss = float(shifted(batch)["loss"])
+    pooled = torch.nn.functional.avg_pool3d(image, 2).double()
+    a = pooled.roll(1, dims=-1)
+    b = pooled.flip(dims).roll(1, dims=-1).flip(dims)
+    assert loss == pytest.approx(0.5 * float((a - b).square().flatten(1).mean(1).mean()), rel=1e-5)
+    assert (loss > 1e-3) == (4 in dims)  # only a flip along W turns the W shift around
+
+    run_experiment(tiny_cfg("train.flip_consistency_weight=0.1", "train.heatmap=false", name="ok"), components=components)
+    for bad, msg in (("train.flip_consistency_weight=-1", "flip_consistency_weight must be a finite number >= 0"),
+                     ("data.image_size=[18,16,16]", r"needs data.image_size \[18, 16, 16\] to be a multiple")):
+        with pytest.raises(ConfigError, match=msg):
+            run_experiment(tiny_cfg("train.flip_consistency_weight=0.1", bad, name="bad"), components=components)
