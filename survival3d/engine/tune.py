@@ -303,10 +303,13 @@ def trial_overrides(params: Mapping[str, Any]) -> list[str]:
     return [f"{k}={_format_value(v)}" for k, v in params.items()]
 
 
-def _make_sampler(spec: StudySpec):
+def _make_sampler(spec: StudySpec, seed: int | None = None):
+    """The study's sampler; ``seed`` replaces ``study.sampler.seed`` (see :func:`run_study`)."""
     import optuna
 
     kw = {k: v for k, v in spec.sampler.items() if k != "name"}
+    if seed is not None:
+        kw["seed"] = seed
     try:
         if spec.sampler["name"] == "random":
             return optuna.samplers.RandomSampler(**kw)
@@ -444,6 +447,10 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, storage: str | None = Non
         running = _count(study, (TrialState.RUNNING,))
         if finished + running >= spec.trials:
             break
+        if spec.sampler.get("seed") is not None:
+            # a fixed seed would give every worker process the same random stream (the same start-up trials,
+            # then the same TPE draws for the same history): seed each trial with seed + the trials already there
+            study.sampler = _make_sampler(spec, seed=int(spec.sampler["seed"]) + len(study.get_trials(deepcopy=False)))
         study.optimize(objective, n_trials=1, catch=())
         started += 1
     summary = study_summary(study)

@@ -132,6 +132,28 @@ def test_three_trial_study_outputs(tmp_path, components):
     assert run_study(spec, out, components=components, write_outputs=False)["started_here"] == 0
 
 
+def test_worker_processes_with_a_fixed_seed_draw_different_trials(tmp_path, components):
+    """Two workers of one study (here: two run_study calls, each opening the study afresh like a new process) with
+    the study's fixed sampler seed: the second must not repeat the first's parameters (it did before: every process
+    built the sampler from the same seed), and a single worker's draws stay reproducible."""
+    path = _write_study(tmp_path, trials=2, epochs=1, extra_study={"sampler": {"name": "random", "seed": 3}})
+    spec = load_study_spec(path)
+    params = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        for _ in range(2):
+            run_study(spec, out, components=components, max_trials=1, write_outputs=False)
+        params.append([t.params for t in _load(out)])
+    assert params[0][0] != params[0][1]  # worker 2 drew a different point
+    assert params[0] == params[1]  # the same study run again: the same draws
+
+
+def _load(out):
+    import optuna
+
+    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}").get_trials()
+
+
 def _tune_cmd(path, out, *extra):
     return [sys.executable, "run.py", "tune", str(path), "--out", str(out), *extra]
 
