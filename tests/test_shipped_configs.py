@@ -1,4 +1,4 @@
-"""Every shipped survival config (configs/*.yaml) loads against the schema, names a dummy level whose size it
+"""Every shipped survival config (configs/*.yaml) loads against the schema, passes the training checks, names a dummy level whose size it
 supports, and builds a model that runs forward on a volume of the config's image size."""
 
 from pathlib import Path
@@ -10,6 +10,7 @@ from survival3d.config import ExperimentConfig, load_config
 from survival3d.data.dummy import get_level
 from survival3d.build import build_survival_model
 from survival3d.contracts import CovariateSpec
+from survival3d.engine.survival_task import check_train_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -23,6 +24,7 @@ def test_configs_found():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_builds_and_runs(path):
     cfg = load_config(path, schema=ExperimentConfig)
+    check_train_config(cfg)  # the train.* checks run_experiment makes first (e.g. the flip term's grid condition)
     if cfg.data.source == "dummy":
         level = get_level(cfg.data.dummy.level)
         assert cfg.data.dummy.size >= level.min_size
