@@ -46,8 +46,8 @@ from survival3d.engine.distributed import DistInfo, ShardSampler, all_gather_obj
 from survival3d.engine.inference import DIAGNOSTIC_SUMS, forward, predict_arrays, predictions_frame
 from survival3d.engine.loop import Engine, EngineSettings, Task
 from survival3d.errors import ConfigError, InputError
-from survival3d.losses.functional import flip_consistency
 from survival3d.io import write_csv, write_json
+from survival3d.losses.functional import flip_consistency
 from survival3d.metrics.validation import METRIC_MODES, validation_metrics
 from survival3d.registry import did_you_mean
 from survival3d.runtime import autocast
@@ -144,7 +144,7 @@ def check_train_config(cfg) -> None:
     if not (math.isfinite(w) and w >= 0):
         raise ConfigError(f"train.flip_consistency_weight must be a finite number >= 0, got {t.flip_consistency_weight}.")
     ps = int(cfg.model.patch_size)
-    if w > 0 and any(int(s) % ps for s in cfg.data.image_size):
+    if w > 0 and any(int(s) % ps for s in (cfg.data.image_size or [])):
         raise ConfigError(f"train.flip_consistency_weight needs data.image_size {list(cfg.data.image_size)} to be a "
                           f"multiple of model.patch_size {ps} in every dimension (else cubelets do not flip with the image).")
 
