@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from survival3d.metrics.localisation import pointing_game
+from survival3d.metrics.localisation import cubelets_to_image, pointing_game
 from survival3d.runtime import autocast  # re-exported: the one bf16 autocast of the package
 
 __all__ = ["model_inputs", "forward", "autocast", "predict_arrays", "predictions_frame", "to_device", "output_diagnostics",
@@ -132,13 +132,10 @@ def output_diagnostics(out, batch: Mapping[str, Any], patch_size: int | None = N
 
 
 def _pointing_sums(p: torch.Tensor, mask: torch.Tensor, lung_mask, image_shape, cell: int) -> dict[str, torch.Tensor]:
-    """``pointing`` and ``n_pointing`` of :func:`output_diagnostics`: the map's cells repeated to voxels (exactly a
-    nearest upsampling by an integer factor), cropped to the image, scored case by case on the host."""
-    up = p
-    for dim in (2, 3, 4):
-        up = up.repeat_interleave(cell, dim=dim)
-    d, h, w = (int(s) for s in image_shape)
-    up = up[:, 0, :d, :h, :w].cpu().numpy()
+    """``pointing`` and ``n_pointing`` of :func:`output_diagnostics`: the map's cells brought to voxels as explain does
+    (:func:`~survival3d.metrics.localisation.cubelets_to_image`, nearest: each cell's value fills its voxels), cropped
+    to the image, scored case by case on the host."""
+    up = cubelets_to_image(p, image_shape, cell, "nearest")[:, 0].cpu().numpy()
     masks = mask[:, 0].cpu().numpy()
     lungs = lung_mask[:, 0].cpu().numpy() if torch.is_tensor(lung_mask) else [None] * len(up)
     hits = [pointing_game(hm, mk, lung_mask=lg) for hm, mk, lg in zip(up, masks, lungs)]

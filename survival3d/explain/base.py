@@ -10,9 +10,10 @@ An explainer is a registered callable class. ``EXPLAINERS.build(name)`` gives an
 
 Heatmaps are oriented so that larger = more responsible for a *higher risk* (shorter predicted survival).
 
-Cubelet → voxel upsampling assumes the model pads the volume at the far end of each axis up to a multiple of
-``model.patch_size`` (so cubelet (i, j, k) covers voxels ``[i*ps, (i+1)*ps)``); the map is upsampled to the padded
-grid and cropped back.
+Cubelet → voxel upsampling (:func:`~survival3d.metrics.localisation.cubelets_to_image`, defined in ``metrics/`` so the
+training engine's diagnostics use the same one) assumes the model pads the volume at the far end of each axis up to a
+multiple of ``model.patch_size`` (so cubelet (i, j, k) covers voxels ``[i*ps, (i+1)*ps)``); the map is upsampled to the
+padded grid and cropped back.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from survival3d.engine.inference import model_inputs
+# re-exported: one definition, in metrics/ (the training engine's diagnostics use it too)
+from survival3d.metrics.localisation import cubelets_to_image, patch_size_of
 from survival3d.registry import Registry
 
 __all__ = [
@@ -63,45 +65,6 @@ def run_model(model: torch.nn.Module, batch: Mapping[str, Any], image: torch.Ten
     """``model(image, **model_inputs(batch))`` on the model's device → SurvivalOutput (no grad handling: callers
     choose); the keyword arguments are the engine's (:func:`survival3d.engine.inference.model_inputs`)."""
     return model(model_image(model, batch, image), **model_inputs(batch, device=_device_of(model)))
-
-
-def patch_size_of(model: torch.nn.Module, image_shape, grid_shape) -> int | None:
-    """The edge in voxels of one cell of a map on ``grid_shape``: ``model.patch_size`` when the grid is the model's
-    cubelet grid, else inferred when the image is an exact multiple (e.g. a head map finer than the cubelets,
-    ``head.map_upsample``)."""
-    ps = getattr(model, "patch_size", None)
-    if ps is not None and all(-(-int(s) // int(ps)) == int(g) for s, g in zip(image_shape, grid_shape)):
-        return int(ps)
-    ratios = {-(-int(s) // int(g)) for s, g in zip(image_shape, grid_shape)}
-    return ratios.pop() if len(ratios) == 1 else None
-
-
-def cubelets_to_image(
-    x: torch.Tensor, image_shape, patch_size: int | None, mode: str = "nearest"
-) -> torch.Tensor:
-    """(B, C, d, h, w) cubelet map → (B, C, D, H, W) voxel map.
-
-    Args:
-        x: the cubelet map.
-        image_shape: (D, H, W) of the model input.
-        patch_size: cubelet edge in voxels; ``None`` stretches the grid over the image instead (no padding known).
-        mode: ``"nearest"`` (each cubelet's value fills its voxels — faithful to a cubelet-level quantity such as the
-            softmin weight) or ``"trilinear"`` (smooth, ``align_corners=False``: cubelet centres keep their values;
-            the usual choice for CAMs).
-    """
-    if mode not in ("nearest", "trilinear"):
-        raise ValueError(f"mode must be 'nearest' or 'trilinear', got {mode!r}.")
-    image_shape = tuple(int(s) for s in image_shape)
-    x = x.float()
-    if patch_size is None:
-        size = image_shape
-    else:
-        size = tuple(int(g) * patch_size for g in x.shape[2:])
-        if any(s < t for s, t in zip(size, image_shape)):
-            raise ValueError(f"cubelet grid {tuple(x.shape[2:])} × {patch_size} does not cover image {image_shape}.")
-    kw = {"align_corners": False} if mode == "trilinear" else {}
-    up = F.interpolate(x, size=size, mode=mode, **kw)
-    return up[..., : image_shape[0], : image_shape[1], : image_shape[2]]
 
 
 class Explainer:

@@ -27,8 +27,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-__all__ = ["LOCALISATION_COLUMNS", "localisation_metrics", "cubelet_sum", "pointing_game"]
+__all__ = [
+    "LOCALISATION_COLUMNS",
+    "localisation_metrics",
+    "cubelet_sum",
+    "cubelets_to_image",
+    "patch_size_of",
+    "pointing_game",
+]
 
 LOCALISATION_COLUMNS = ("pointing_game", "energy_pg", "energy_pg_cubelet", "auroc", "dice_topk", "chance_energy")
 
@@ -41,6 +50,45 @@ def cubelet_sum(x: np.ndarray, patch_size: int) -> np.ndarray:
     x = np.pad(x, pad)
     d, h, w = (s // patch_size for s in x.shape)
     return x.reshape(d, patch_size, h, patch_size, w, patch_size).sum(axis=(1, 3, 5))
+
+
+def patch_size_of(model: torch.nn.Module, image_shape, grid_shape) -> int | None:
+    """The edge in voxels of one cell of a map on ``grid_shape``: ``model.patch_size`` when the grid is the model's
+    cubelet grid, else inferred when the image is an exact multiple (e.g. a head map finer than the cubelets,
+    ``head.map_upsample``)."""
+    ps = getattr(model, "patch_size", None)
+    if ps is not None and all(-(-int(s) // int(ps)) == int(g) for s, g in zip(image_shape, grid_shape)):
+        return int(ps)
+    ratios = {-(-int(s) // int(g)) for s, g in zip(image_shape, grid_shape)}
+    return ratios.pop() if len(ratios) == 1 else None
+
+
+def cubelets_to_image(
+    x: torch.Tensor, image_shape, patch_size: int | None, mode: str = "nearest"
+) -> torch.Tensor:
+    """(B, C, d, h, w) cubelet map → (B, C, D, H, W) voxel map.
+
+    Args:
+        x: the cubelet map.
+        image_shape: (D, H, W) of the model input.
+        patch_size: cubelet edge in voxels; ``None`` stretches the grid over the image instead (no padding known).
+        mode: ``"nearest"`` (each cubelet's value fills its voxels — faithful to a cubelet-level quantity such as the
+            softmin weight) or ``"trilinear"`` (smooth, ``align_corners=False``: cubelet centres keep their values;
+            the usual choice for CAMs).
+    """
+    if mode not in ("nearest", "trilinear"):
+        raise ValueError(f"mode must be 'nearest' or 'trilinear', got {mode!r}.")
+    image_shape = tuple(int(s) for s in image_shape)
+    x = x.float()
+    if patch_size is None:
+        size = image_shape
+    else:
+        size = tuple(int(g) * patch_size for g in x.shape[2:])
+        if any(s < t for s, t in zip(size, image_shape)):
+            raise ValueError(f"cubelet grid {tuple(x.shape[2:])} × {patch_size} does not cover image {image_shape}.")
+    kw = {"align_corners": False} if mode == "trilinear" else {}
+    up = F.interpolate(x, size=size, mode=mode, **kw)
+    return up[..., : image_shape[0], : image_shape[1], : image_shape[2]]
 
 
 def _ratio(num: float, den: float) -> float:

@@ -72,10 +72,10 @@ def test_output_diagnostics_matches_reference(rng):
 
 @pytest.mark.parametrize("cell", [4, 2])  # the model's cubelets, and a map finer than them (head.map_upsample 2)
 def test_pointing_is_the_head_grid_pointing_game_of_explain(rng, cell):
-    """``pointing`` against what ``run.py explain`` scores: the head_grid map (p on valid cells, nearest-upsampled
-    by explain's own ``cubelets_to_image``) through ``localisation_metrics``, inside a lung mask; cases whose
-    lesion lies outside the lung and cases without a lesion are not counted."""
-    from survival3d.explain.base import cubelets_to_image
+    """``pointing`` against what ``run.py explain`` scores: the head_grid map (p on valid cells, each cell's value
+    filling its voxels — built here with numpy, independently of ``cubelets_to_image``, and cropped) through
+    ``localisation_metrics``, inside a lung mask; cases whose lesion lies outside the lung and cases without a lesion
+    are not counted."""
     from survival3d.metrics.localisation import localisation_metrics
 
     b, size = 7, (14, 12, 9)
@@ -101,7 +101,10 @@ def test_pointing_is_the_head_grid_pointing_game_of_explain(rng, cell):
                          valid=torch.tensor(valid))
     batch = {"image": torch.zeros(b, 1, *size), "mask": torch.tensor(mask), "lung_mask": torch.tensor(lung)}
     sums = output_diagnostics(out, batch, 4)
-    heat = cubelets_to_image(torch.tensor(np.where(valid, p, 0.0)), size, cell).numpy()
+    heat = np.where(valid, p, 0.0)
+    for axis in (2, 3, 4):
+        heat = np.repeat(heat, cell, axis=axis)
+    heat = heat[:, :, : size[0], : size[1], : size[2]]
     ref = [localisation_metrics(heat[k, 0], mask[k, 0], lung_mask=lung[k, 0])["pointing_game"] for k in range(b)]
     scored = [r for r in ref if not np.isnan(r)]
     assert ref[0] == 1.0 and np.isnan(ref[-1]) and np.isnan(ref[-2]) and len(scored) == b - 2
