@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from survival3d.engine.inference import model_inputs
-# re-exported: one definition, in metrics/ (the training engine's diagnostics use it too)
 from survival3d.metrics.localisation import cubelets_to_image, patch_size_of
 from survival3d.registry import Registry
 
