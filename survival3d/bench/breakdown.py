@@ -1,0 +1,188 @@
+"""Where does a model lose C-index against the oracle? Its predictions on generated cases, broken down by the
+generator's ground truth.
+
+    python -m survival3d.bench.breakdown FRESH/manifest.csv EVAL/predictions.csv [...] [--out DIR]
+
+``manifest.csv`` is a dataset written by ``run.py dummy`` (any level; ``dummy_params.json`` next to it names the
+level), ``predictions.csv`` the output of ``run.py evaluate`` on it (columns ``id``, ``pred_time``, ``risk``). For
+each predictions file, on the same cases, the model's number and the oracle's (``expected_time``):
+
+* ``c_index``: Harrell's C of the whole set.
+* ``presence_auroc``: AUROC of the risk between cases with a lesion (``--burden`` column > 0) and cases without.
+* ``auroc_small`` / ``auroc_mid`` / ``auroc_large``: the same with only the lesion cases of one tertile of the burden
+  (bounds ``burden_q1``, ``burden_q2``): which lesion sizes the model tells from healthy cases.
+* ``burden_spearman``: Spearman correlation of burden and risk over the lesion cases; ``c_index_lesion`` their C.
+* levels with clinical covariates (dummy6, ct3), the least-squares fit
+  ``log pred_time = a + b_burden (log expected_time - s) + b_cov s + e`` with ``s`` the generator's covariate shift
+  of log-time (:meth:`~survival3d.data.dummy.ClinicalCovariates.log_time_shift`): ``coef_burden`` and ``coef_cov``
+  (1 and 1 for the oracle, 0 for a part the model ignores), ``resid_sd`` (sd of e) and ``resid_by_n_lesions``
+  (mean of e per lesion count: a model that reads one lesion where the burden sums several is biased by count).
+
+Writes ``breakdown.csv`` (one row per predictions file, model and oracle columns) and ``breakdown.json`` (the same
+plus the residuals by lesion count) into ``--out`` (default: the manifest's folder) and prints a table.
+Exit 2 with one line naming the file and column when an input is unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from survival3d.io import write_csv, write_json
+from survival3d.metrics.survival import harrell_c_index
+
+__all__ = ["breakdown", "covariate_shift", "main"]
+
+
+class BreakdownError(ValueError):
+    """An unusable input; the message names the file and the field."""
+
+
+def _auroc(positive: np.ndarray, score: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if positive.all() or not positive.any():
+        return float("nan")
+    return float(roc_auc_score(positive, score))
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).correlation)
+
+
+def covariate_shift(level, frame: pd.DataFrame) -> np.ndarray | None:
+    """The generator's log-time shift of each row's covariates (``None`` for a level without covariates)."""
+    cov = getattr(level, "covariates", None)
+    if cov is None:
+        return None
+    return np.array([cov.log_time_shift(row) for row in frame.to_dict("records")], dtype=np.float64)
+
+
+def _scores(d: pd.DataFrame, risk: np.ndarray, burden: str) -> tuple[dict, float, float]:
+    """The presence / tertile / within-lesion numbers of one risk score on the cases ``d``."""
+    b = d[burden].to_numpy(np.float64)
+    has = b > 0
+    out = {"c_index": harrell_c_index(d["time"], risk, d["event"]), "presence_auroc": _auroc(has, risk)}
+    q1, q2 = (np.quantile(b[has], [1 / 3, 2 / 3]) if has.any() else (math.nan, math.nan))
+    for name, sel in (("small", has & (b < q1)), ("mid", has & (b >= q1) & (b < q2)), ("large", has & (b >= q2))):
+        keep = sel | ~has
+        out[f"auroc_{name}"] = _auroc(has[keep], risk[keep])
+    out["burden_spearman"] = _spearman(b[has], risk[has])
+    lesion = d[has]
+    out["c_index_lesion"] = (harrell_c_index(lesion["time"], risk[has], lesion["event"])
+                             if has.sum() >= 2 and lesion["event"].sum() > 0 else math.nan)
+    return out, float(q1), float(q2)
+
+
+def breakdown(manifest: pd.DataFrame, predictions: pd.DataFrame, *, level=None, burden: str = "lesion_volume_mm3") -> dict:
+    """The numbers of the module docstring for one predictions table (``id``, ``pred_time``, ``risk``) on a
+    generated ``manifest`` (``id``, ``time``, ``event``, ``expected_time``, ``burden``; ``n_lesions`` optional)."""
+    d = manifest.merge(predictions[["id", "pred_time", "risk"]], on="id", how="inner")
+    if d.empty:
+        raise BreakdownError("no case id is in both the manifest and the predictions")
+    model, q1, q2 = _scores(d, d["risk"].to_numpy(np.float64), burden)
+    oracle, _, _ = _scores(d, -d["expected_time"].to_numpy(np.float64), burden)
+    out = {"n": int(len(d)), "n_lesion": int((d[burden] > 0).sum()), "burden_q1": q1, "burden_q2": q2,
+           "model": model, "oracle": oracle}
+    s = covariate_shift(level, d) if level is not None else None
+    if s is not None:
+        y = np.log(d["pred_time"].to_numpy(np.float64))
+        lesion_part = np.log(d["expected_time"].to_numpy(np.float64)) - s
+        x = np.column_stack([np.ones(len(d)), lesion_part, s])
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        resid = y - x @ coef
+        out["coef_burden"], out["coef_cov"], out["resid_sd"] = float(coef[1]), float(coef[2]), float(resid.std())
+        if "n_lesions" in d:
+            by = pd.Series(resid).groupby(d["n_lesions"].to_numpy()).mean()
+            out["resid_by_n_lesions"] = {int(k): float(v) for k, v in by.items()}
+    return out
+
+
+def _read(path: Path, needed: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise BreakdownError(f"{path}: cannot read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise BreakdownError(f"{path}: missing column(s) {', '.join(missing)}")
+    for c in needed:
+        if c != "id" and not pd.api.types.is_numeric_dtype(frame[c]):
+            raise BreakdownError(f"{path}: column {c} is not numeric")
+    return frame
+
+
+def _level_of(manifest_path: Path, name: str | None):
+    from survival3d.data.dummy import get_level
+
+    if name is None:
+        params = manifest_path.parent / "dummy_params.json"
+        if not params.is_file():
+            return None
+        try:
+            name = json.loads(params.read_text())["level"]
+        except (OSError, ValueError, KeyError) as e:
+            raise BreakdownError(f"{params}: no level ({type(e).__name__})") from e
+    try:
+        return get_level(name)
+    except (KeyError, ValueError) as e:
+        raise BreakdownError(f"{manifest_path}: unknown dummy level {name!r}") from e
+
+
+def _row(label: str, res: dict) -> dict:
+    row = {"predictions": label, "n": res["n"], "n_lesion": res["n_lesion"], "burden_q1": res["burden_q1"],
+           "burden_q2": res["burden_q2"]}
+    for who in ("model", "oracle"):
+        row.update({f"{who}_{k}": v for k, v in res[who].items()})
+    for k in ("coef_burden", "coef_cov", "resid_sd"):
+        if k in res:
+            row[k] = res[k]
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m survival3d.bench.breakdown", description=__doc__.split("\n")[0])
+    ap.add_argument("manifest", type=Path, help="manifest.csv of a generated dataset (run.py dummy)")
+    ap.add_argument("predictions", type=Path, nargs="+", help="predictions.csv of run.py evaluate on it")
+    ap.add_argument("--burden", default="lesion_volume_mm3", help="the manifest column of the lesion burden (default: %(default)s)")
+    ap.add_argument("--level", help="the dummy level (default: from dummy_params.json next to the manifest)")
+    ap.add_argument("--out", type=Path, help="folder for breakdown.csv / breakdown.json (default: the manifest's folder)")
+    args = ap.parse_args(argv)
+    try:
+        manifest = _read(args.manifest, ("id", "time", "event", "expected_time", args.burden))
+        level = _level_of(args.manifest, args.level)
+        results = {}
+        for p in args.predictions:
+            results[str(p)] = breakdown(manifest, _read(p, ("id", "pred_time", "risk")), level=level, burden=args.burden)
+    except BreakdownError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or args.manifest.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        table = pd.DataFrame([_row(k, v) for k, v in results.items()])
+        write_csv(out / "breakdown.csv", table)
+        write_json(out / "breakdown.json", results)
+    except OSError as e:
+        print(f"error: {out}: cannot write the breakdown ({type(e).__name__}: {e.strerror or e})", file=sys.stderr)
+        return 1
+    cols = ["predictions", "model_c_index", "oracle_c_index", "model_presence_auroc", "model_auroc_small",
+            "model_auroc_mid", "model_auroc_large", "model_burden_spearman", "oracle_burden_spearman", "coef_burden",
+            "coef_cov", "resid_sd"]
+    print(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {out / 'breakdown.csv'} and breakdown.json")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""bench.breakdown: the C-index breakdown by the generator's ground truth, against closed forms and brute-force
+references on fresh random cases, and its command line (files written, one-line errors)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from survival3d.bench.breakdown import breakdown, covariate_shift, main
+from survival3d.data.dummy import get_level
+
+
+def _cases(rng, n=120):
+    """A dummy6-like table: 40 % without a lesion, 1-3 lesions otherwise, covariates drawn as the generator does."""
+    level = get_level("dummy6")
+    n_les = np.where(rng.random(n) < 0.4, 0, rng.integers(1, 4, n))
+    burden = np.where(n_les > 0, rng.gamma(2.0, 800.0, n) * n_les, 0.0)
+    cov = [level.covariates.sample(rng) for _ in range(n)]
+    frame = pd.DataFrame({"id": [f"c{i:03d}" for i in range(n)], "n_lesions": n_les, "lesion_volume_mm3": burden,
+                          "age": [c["age"] for c in cov], "sex": [c["sex"] for c in cov],
+                          "smoking_status": [c["smoking_status"] for c in cov]})
+    s = covariate_shift(level, frame)
+    frame["expected_time"] = 50.0 / (1.0 + burden / 1500.0) * np.exp(s)
+    frame["time"] = frame["expected_time"] * np.exp(0.25 * rng.standard_normal(n))
+    frame["event"] = (rng.random(n) < 0.6).astype(int)
+    return level, frame, s
+
+
+def _preds(frame, pred_time):
+    return pd.DataFrame({"id": frame["id"], "pred_time": pred_time, "risk": -np.asarray(pred_time)})
+
+
+def _pair_auc(pos, neg):
+    diff = np.asarray(pos)[:, None] - np.asarray(neg)[None, :]
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+
+
+def test_the_oracle_as_predictions_is_the_oracle(rng):
+    level, frame, _ = _cases(rng)
+    res = breakdown(frame, _preds(frame, frame["expected_time"]), level=level)
+    for k, v in res["model"].items():
+        assert v == pytest.approx(res["oracle"][k], nan_ok=True), k
+    assert res["coef_burden"] == pytest.approx(1.0, abs=1e-9) and res["coef_cov"] == pytest.approx(1.0, abs=1e-9)
+    assert res["resid_sd"] < 1e-9 and all(abs(v) < 1e-9 for v in res["resid_by_n_lesions"].values())
+    assert res["n"] == len(frame) and res["n_lesion"] == int((frame["n_lesions"] > 0).sum())
+
+
+def test_a_model_blind_to_the_covariates_has_zero_covariate_coefficient(rng):
+    level, frame, s = _cases(rng)
+    pred = np.exp(np.log(frame["expected_time"]) - s)  # the lesion part only
+    res = breakdown(frame, _preds(frame, pred), level=level)
+    assert res["coef_cov"] == pytest.approx(0.0, abs=1e-9) and res["coef_burden"] == pytest.approx(1.0, abs=1e-9)
+    assert res["model"]["c_index"] < res["oracle"]["c_index"]
+
+
+def test_a_model_that_reads_the_mean_lesion_is_biased_by_lesion_count(rng):
+    """pred from burden / n_lesions (one lesion's size instead of the sum): cases with more lesions are predicted to
+    live longer than their burden warrants, so the mean residual rises with the lesion count."""
+    level, frame, s = _cases(rng, n=300)
+    per_lesion = frame["lesion_volume_mm3"] / frame["n_lesions"].clip(lower=1)
+    pred = 50.0 / (1.0 + per_lesion / 1500.0) * np.exp(s)
+    r = breakdown(frame, _preds(frame, pred), level=level)["resid_by_n_lesions"]
+    assert r[1] < r[2] < r[3]
+
+
+def test_aurocs_and_spearman_against_brute_force(rng):
+    level, frame, _ = _cases(rng)
+    risk = rng.normal(size=len(frame)) + (frame["lesion_volume_mm3"] > 0) * 0.8
+    preds = pd.DataFrame({"id": frame["id"], "pred_time": np.exp(-risk), "risk": risk})
+    res = breakdown(frame, preds, level=None)
+    assert "coef_cov" not in res  # no level given: no covariate fit
+    b = frame["lesion_volume_mm3"].to_numpy()
+    has = b > 0
+    assert res["model"]["presence_auroc"] == pytest.approx(_pair_auc(risk[has], risk[~has]))
+    q1, q2 = np.quantile(b[has], [1 / 3, 2 / 3])
+    assert (res["burden_q1"], res["burden_q2"]) == pytest.approx((q1, q2))
+    large = has & (b >= q2)
+    assert res["model"]["auroc_large"] == pytest.approx(_pair_auc(risk[large], risk[~has]))
+    rb = np.argsort(np.argsort(b[has])).astype(float)
+    rr = np.argsort(np.argsort(risk[has])).astype(float)
+    assert res["model"]["burden_spearman"] == pytest.approx(np.corrcoef(rb, rr)[0, 1])
+
+
+def test_cli_writes_csv_and_json_and_reads_the_level(tmp_path, rng, capsys):
+    level, frame, _ = _cases(rng, n=40)
+    data = tmp_path / "fresh"
+    data.mkdir()
+    frame.to_csv(data / "manifest.csv", index=False)
+    (data / "dummy_params.json").write_text(json.dumps({"level": "dummy6"}))
+    _preds(frame, frame["expected_time"] * 1.1).to_csv(tmp_path / "p.csv", index=False)
+    assert main([str(data / "manifest.csv"), str(tmp_path / "p.csv"), "--out", str(tmp_path / "bd")]) == 0
+    table = pd.read_csv(tmp_path / "bd" / "breakdown.csv")
+    assert table.loc[0, "coef_cov"] == pytest.approx(1.0, abs=1e-9)  # a constant factor changes only the intercept
+    assert table.loc[0, "model_c_index"] == pytest.approx(table.loc[0, "oracle_c_index"])
+    assert set(json.loads((tmp_path / "bd" / "breakdown.json").read_text())) == {str(tmp_path / "p.csv")}
+    assert "model_c_index" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("drop, target", [("risk", "p.csv"), ("expected_time", "manifest.csv")])
+def test_cli_names_the_file_and_the_missing_column(tmp_path, rng, capsys, drop, target):
+    _, frame, _ = _cases(rng, n=20)
+    preds = _preds(frame, frame["expected_time"])
+    (frame.drop(columns=[drop]) if target == "manifest.csv" else frame).to_csv(tmp_path / "manifest.csv", index=False)
+    (preds.drop(columns=[drop]) if target == "p.csv" else preds).to_csv(tmp_path / "p.csv", index=False)
+    rc = main([str(tmp_path / "manifest.csv"), str(tmp_path / "p.csv"), "--out", str(tmp_path / "bd")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and target in err[0] and drop in err[0]
+    assert not (tmp_path / "bd").exists()
