@@ -17,10 +17,11 @@ from torch import nn
 
 from survival3d.registry import Registry
 
-__all__ = ["HEADS", "SoftminHead", "MeanPoolHead", "cubelet_valid_mask", "masked_softmin"]
+__all__ = ["HEADS", "SoftminHead", "MeanPoolHead", "cubelet_valid_mask", "masked_softmin", "masked_soft_minimum"]
 
 HEADS: Registry[nn.Module] = Registry("head")
 HEAD_CONTEXTS = ("none", "mean")  # what each cubelet's time sees besides its own token (SoftminHead ``context``)
+HEAD_AGGREGATES = ("weighted_mean", "mean_hazard")  # how SoftminHead turns the cubelets' times into one (``aggregate``)
 
 
 def cubelet_valid_mask(pad_valid: torch.Tensor, lung_frac: torch.Tensor | None = None,
@@ -43,6 +44,12 @@ def cubelet_valid_mask(pad_valid: torch.Tensor, lung_frac: torch.Tensor | None =
     return torch.where(some, valid, pad_valid.expand_as(valid))
 
 
+def _softmin_logits(loc: torch.Tensor, valid: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``-beta (loc - m)`` on the valid entries (``-inf`` elsewhere) and ``m``, the row's median valid loc (detached)."""
+    med = torch.nanmedian(loc.detach().masked_fill(~valid, float("nan")), dim=1, keepdim=True).values
+    return (-beta * (loc - med)).masked_fill(~valid, float("-inf")), med
+
+
 def masked_softmin(loc: torch.Tensor, valid: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     r"""Softmin weights over the valid entries of each row.
 
@@ -58,9 +65,31 @@ def masked_softmin(loc: torch.Tensor, valid: torch.Tensor, beta: torch.Tensor) -
         valid: (B, n) bool with at least one True per row.
         beta: positive scalar tensor.
     """
-    med = torch.nanmedian(loc.detach().masked_fill(~valid, float("nan")), dim=1, keepdim=True).values
-    logits = (-beta * (loc - med)).masked_fill(~valid, float("-inf"))
-    return torch.softmax(logits, dim=1)
+    return torch.softmax(_softmin_logits(loc, valid, beta)[0], dim=1)
+
+
+def masked_soft_minimum(loc: torch.Tensor, valid: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    r"""The log-mean-exp soft minimum of the valid entries of each row, (B, n) -> (B,):
+
+    .. math::
+        \hat\mu = -\frac{1}{\beta} \log \frac{1}{|V|} \sum_{i \in V} e^{-\beta \ell_i}
+
+    Read as hazards: cubelet i contributes :math:`h_i = e^{-\beta \ell_i}`, the volume's hazard is their mean and
+    :math:`\hat\mu` the time of that hazard; :func:`masked_softmin`'s :math:`p_i = h_i / \sum_j h_j` is each cubelet's
+    share of it. Unlike :math:`\sum_i p_i \ell_i`, it falls as more cubelets are low: k of N cubelets at
+    :math:`\ell = L` and the rest far higher give :math:`\hat\mu \approx L + \log(N/k) / \beta`, so two equal
+    lesions predict a shorter time than one. Equivalently :math:`\hat\mu = \sum_i p_i \ell_i + \mathrm{KL}(p \,\|\,
+    U_V) / \beta` with :math:`U_V` uniform on V: never below the weighted mean, above it by how concentrated p is. It
+    lies between :math:`\min_V \ell` and the mean of :math:`\ell` over
+    V, tends to the minimum as :math:`\beta \to \infty` and to the mean as :math:`\beta \to 0` (exactly the mean
+    at :math:`\beta = 0`, the first epoch of a β warm-up).
+    """
+    n = valid.sum(1).to(loc.dtype)
+    safe = torch.where(beta > 0, beta, torch.ones_like(beta))  # no 0/0 in the branch that beta = 0 does not take
+    logits, med = _softmin_logits(loc, valid, safe)
+    lme = med[:, 0] - (torch.logsumexp(logits, dim=1) - n.log()) / safe
+    mean = loc.masked_fill(~valid, 0.0).sum(1) / n
+    return torch.where(beta > 0, lme, mean)
 
 
 class _MLP(nn.Sequential):
@@ -106,6 +135,11 @@ class SoftminHead(nn.Module):
     x_j` the mean valid token, so the winning cubelet's time can depend on how much of the volume is diseased (several
     nodules, a pattern's extent) while p still points at the cubelets that are.
 
+    With ``aggregate="mean_hazard"`` the volume's time is the log-mean-exp soft minimum of
+    :func:`masked_soft_minimum`, :math:`\hat\mu = -\beta^{-1} \log \operatorname{mean}_V e^{-\beta \ell_i}`, instead of
+    :math:`\sum_i p_i \ell_i`: each cubelet contributes a hazard :math:`e^{-\beta \ell_i}`, so the burden adds up
+    (two equal lesions predict a shorter time than one), and p is unchanged (each cubelet's share of the hazard).
+
     The MLP has no biases and GELU activations (1-2 hidden layers); the loc bias :math:`b` and the inverse
     temperature :math:`\beta > 0` are learnable; the fixed scale :math:`s` (``loc_scale``) converts the MLP's
     O(1) outputs to time units, so per-cubelet times can spread over the time range within a few hundred
@@ -146,6 +180,7 @@ class SoftminHead(nn.Module):
             centre of a rim cubelet.
         context: ``"none"`` (each cubelet's time from its own token) or ``"mean"`` (its token and the mean valid
             token of the volume, above).
+        aggregate: ``"weighted_mean"`` (:math:`\sum_i p_i \ell_i`) or ``"mean_hazard"`` (above).
     """
 
     has_localisation = True
@@ -153,12 +188,16 @@ class SoftminHead(nn.Module):
     def __init__(self, in_dim: int, *, hidden: Sequence[int] = (64,), beta_init: float = 5.0,
                  learn_beta: bool = True, loc_bias_init: float = 50.0, learn_loc_bias: bool = True,
                  loc_scale: float = 10.0, lung_frac_min: float = 0.5, entropy_weight: float = 0.0,
-                 smooth_weight: float = 0.0, map_upsample: int = 1, context: str = "none"):
+                 smooth_weight: float = 0.0, map_upsample: int = 1, context: str = "none",
+                 aggregate: str = "weighted_mean"):
         super().__init__()
         hidden = _check_common(in_dim, hidden, loc_bias_init, lung_frac_min, loc_scale)
         if context not in HEAD_CONTEXTS:
             raise ValueError(f"context must be one of {', '.join(HEAD_CONTEXTS)}, got {context!r}.")
+        if aggregate not in HEAD_AGGREGATES:
+            raise ValueError(f"aggregate must be one of {', '.join(HEAD_AGGREGATES)}, got {aggregate!r}.")
         self.context = context
+        self.aggregate = aggregate
         if int(map_upsample) != map_upsample or map_upsample < 1:
             raise ValueError(f"map_upsample must be an integer >= 1, got {map_upsample}.")
         self.map_upsample = int(map_upsample)
@@ -210,7 +249,10 @@ class SoftminHead(nn.Module):
         b = loc.shape[0]
         beta = self.beta * self.beta_scale if self.training else self.beta
         p = masked_softmin(loc.reshape(b, -1), valid.reshape(b, -1), beta).reshape(loc.shape)
-        pred = (p * loc).flatten(1).sum(1)
+        if self.aggregate == "mean_hazard":
+            pred = masked_soft_minimum(loc.reshape(b, -1), valid.reshape(b, -1), beta)
+        else:
+            pred = (p * loc).flatten(1).sum(1)
         reg = loc.new_zeros(())
         if self.entropy_weight:
             reg = reg + self.entropy_weight * _neg_entropy(p)
@@ -276,8 +318,8 @@ class MeanPoolHead(nn.Module):
 
     Args:
         in_dim, hidden, loc_bias_init, learn_loc_bias, loc_scale, lung_frac_min: as for :class:`SoftminHead`.
-        beta_init, learn_beta, map_upsample, context: accepted and ignored, so that a config can switch heads by name
-            alone.
+        beta_init, learn_beta, map_upsample, context, aggregate: accepted and ignored, so that a config can switch
+            heads by name alone.
         entropy_weight, smooth_weight: must be 0 (there is no heatmap to regularise).
     """
 
@@ -286,7 +328,8 @@ class MeanPoolHead(nn.Module):
     def __init__(self, in_dim: int, *, hidden: Sequence[int] = (64,), loc_bias_init: float = 50.0,
                  learn_loc_bias: bool = True, loc_scale: float = 10.0, lung_frac_min: float = 0.5,
                  beta_init: float = 5.0, learn_beta: bool = True, entropy_weight: float = 0.0,
-                 smooth_weight: float = 0.0, map_upsample: int = 1, context: str = "none"):
+                 smooth_weight: float = 0.0, map_upsample: int = 1, context: str = "none",
+                 aggregate: str = "weighted_mean"):
         super().__init__()
         hidden = _check_common(in_dim, hidden, loc_bias_init, lung_frac_min, loc_scale)
         if entropy_weight or smooth_weight:

@@ -5,7 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from survival3d.models.heads import HEADS, SoftminHead, _masked_upsample, cubelet_valid_mask, masked_softmin
+from survival3d.models.heads import (
+    HEAD_AGGREGATES,
+    HEADS,
+    SoftminHead,
+    _masked_upsample,
+    cubelet_valid_mask,
+    masked_soft_minimum,
+    masked_softmin,
+)
 
 
 def _valid(b, grid, frac=0.6):
@@ -88,9 +96,10 @@ def test_entropy_and_smoothness_regularisers():
     assert res["reg_loss"].item() == pytest.approx((0.3 * ent + 0.01 * smooth).item(), rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize("aggregate", HEAD_AGGREGATES)
 @pytest.mark.parametrize("name", HEADS.keys())
-def test_every_head_shapes_and_grads(name):
-    head = HEADS.build({"name": name, "hidden": [8]}, in_dim=12)
+def test_every_head_shapes_and_grads(name, aggregate):
+    head = HEADS.build({"name": name, "hidden": [8], "aggregate": aggregate}, in_dim=12)
     tokens = torch.randn(3, 12, 2, 3, 4, requires_grad=True)
     res = head(tokens, _valid(3, (2, 3, 4)))
     assert res["pred"].shape == (3,) and (res["pred"] > 0).all()
@@ -274,3 +283,84 @@ def test_beta_warmup_scale_acts_in_training_only():
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="warm-up factor must be in"):
             head.set_beta_scale(bad)
+
+
+def _soft_minimum_reference(loc, valid, beta):
+    """float64 loop: -1/beta log(mean over the valid entries of exp(-beta loc)); the mean at beta = 0."""
+    out = []
+    for row, v in zip(loc.double(), valid):
+        x = row[v]
+        out.append(x.mean() if beta == 0 else -torch.log(torch.exp(-beta * x).mean()) / beta)
+    return torch.stack(out)
+
+
+def test_soft_minimum_against_a_float64_reference_and_its_limits():
+    b, n = 5, 40
+    loc = torch.rand(b, n, dtype=torch.float64) * 90 + 5
+    valid = _valid(b, (n,)).reshape(b, n)
+    for beta in (float(torch.empty(1).uniform_(0.01, 0.5)), float(torch.empty(1).uniform_(0.5, 5)), 0.0):
+        got = masked_soft_minimum(loc, valid, torch.tensor(beta, dtype=torch.float64))
+        torch.testing.assert_close(got, _soft_minimum_reference(loc, valid, beta), rtol=1e-12, atol=1e-10)
+    lo = loc.masked_fill(~valid, float("inf")).min(1).values
+    mean = (loc * valid).sum(1) / valid.sum(1)
+    big = masked_soft_minimum(loc, valid, torch.tensor(1e4, dtype=torch.float64))
+    assert (big >= lo).all() and (big - lo < 1e-3).all()  # beta -> inf: the minimum
+    tiny = masked_soft_minimum(loc, valid, torch.tensor(1e-6, dtype=torch.float64))
+    torch.testing.assert_close(tiny, mean, rtol=1e-5, atol=1e-5)  # beta -> 0: the mean
+    mid = masked_soft_minimum(loc, valid, torch.tensor(1.0, dtype=torch.float64))
+    assert (mid >= lo).all() and (mid <= mean).all()
+    # invalid entries take no part, whatever their value
+    torch.testing.assert_close(masked_soft_minimum(loc.masked_fill(~valid, -1e6), valid, torch.tensor(1.0, dtype=torch.float64)), mid)
+
+
+def test_soft_minimum_adds_the_burden_and_the_weighted_mean_does_not():
+    """k of N cubelets at L, the rest at H: mean_hazard gives -1/beta log((k e^{-beta L} + (N-k) e^{-beta H}) / N),
+    which falls as k grows (two lesions shorter than one); sum p loc is nearly L for every k."""
+    n, lo_t, hi_t, beta = 500, 20.0, 70.0, torch.tensor(0.5)
+    preds, weighted = [], []
+    for k in (5, 10, 20):
+        loc = torch.full((1, n), hi_t)
+        loc[0, :k] = lo_t
+        valid = torch.ones(1, n, dtype=torch.bool)
+        closed = -np.log((k * np.exp(-0.5 * lo_t) + (n - k) * np.exp(-0.5 * hi_t)) / n) / 0.5
+        got = masked_soft_minimum(loc, valid, beta)
+        assert got.item() == pytest.approx(closed, rel=1e-5)
+        preds.append(got.item())
+        weighted.append((masked_softmin(loc, valid, beta) * loc).sum().item())
+    assert preds[0] - preds[1] == pytest.approx(np.log(2) / 0.5, rel=1e-3) and preds[1] > preds[2]
+    assert max(weighted) - min(weighted) < 1e-3
+
+
+def test_soft_minimum_gradcheck_and_finite_at_beta_zero():
+    loc = (torch.rand(3, 12, dtype=torch.float64) * 50 + 10).requires_grad_()
+    valid = _valid(3, (12,)).reshape(3, 12)
+    beta = torch.tensor(float(torch.empty(1).uniform_(0.05, 2)), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, b: masked_soft_minimum(x, valid, b), (loc, beta))
+    zero = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    out = masked_soft_minimum(loc, valid, zero)
+    g_loc, g_beta = torch.autograd.grad(out.sum(), (loc, zero))
+    assert torch.isfinite(g_loc).all() and torch.isfinite(g_beta)
+    torch.testing.assert_close(g_loc, (valid / valid.sum(1, keepdim=True)).double())  # the mean's gradient
+
+
+def test_mean_hazard_head_keeps_p_and_changes_pred_only():
+    torch.manual_seed(torch.seed() % 2**31)
+    a = SoftminHead(8, hidden=[8], beta_init=float(torch.empty(1).uniform_(0.2, 3)))
+    h = SoftminHead(8, hidden=[8], aggregate="mean_hazard")
+    h.load_state_dict(a.state_dict())
+    tokens, valid = torch.randn(2, 8, 3, 4, 2), _valid(2, (3, 4, 2))
+    ra, rh = a(tokens, valid), h(tokens, valid)
+    torch.testing.assert_close(rh["p"], ra["p"])
+    torch.testing.assert_close(rh["loc"], ra["loc"])
+    torch.testing.assert_close(rh["pred"], masked_soft_minimum(rh["loc"].flatten(1), valid.flatten(1), h.beta))
+    # free energy: log-mean-exp = sum p loc + KL(p || uniform on V) / beta = sum p loc + (log |V| - H(p)) / beta
+    p = ra["p"].flatten(1).double()
+    kl = valid.flatten(1).sum(1).double().log() + (p * p.clamp_min(1e-300).log()).sum(1)
+    torch.testing.assert_close(rh["pred"].double(), ra["pred"].double() + kl / h.beta.double(), rtol=1e-5, atol=1e-4)
+    h.train()
+    h.set_beta_scale(0.0)  # the first warm-up epoch: the mean of the valid times, as for the weighted mean
+    r0 = h(tokens, valid)
+    n = valid.flatten(1).sum(1)
+    torch.testing.assert_close(r0["pred"], (r0["loc"].flatten(1) * valid.flatten(1)).sum(1) / n)
+    with pytest.raises(ValueError, match="aggregate must be one of weighted_mean, mean_hazard"):
+        SoftminHead(8, aggregate="sum")
