@@ -42,6 +42,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from survival3d.io import FolderLock, write_csv, write_text
+
 CLI = [sys.executable, "-m", "survival3d.cli"]
 METRICS = ["val_c_index", "val_oracle", "val_gap", "val_p_lesion", "val_p_lesion_chance", "val_p_distractor",
            "val_p_distractor_chance", "val_pointing",
@@ -176,27 +178,45 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print("no run finished", file=sys.stderr)
         return 1
-    table = pd.DataFrame(rows)
-    csv = out / "study.csv"
-    if csv.exists():  # keep the rows of runs not in this call (other variants or seeds)
-        old = pd.read_csv(csv)
-        done = set(zip(table["variant"], table["seed"]))
-        keep = [(v, s) not in done for v, s in zip(old["variant"], old["seed"])]
-        table = pd.concat([old[keep], table], ignore_index=True)
-        order = {v: i for i, v in enumerate(spec["variants"])}
-        table = table.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c,
-                                  kind="stable").reset_index(drop=True)
-    table.to_csv(csv, index=False)
+    table = merge_rows(out, pd.DataFrame(rows), list(spec["variants"]))
+    print("\n".join(summary_lines(table)))
+    print(f"wrote {out / 'study.csv'} and {out / 'summary.md'}")
+    return 0
+
+
+def summary_lines(table: pd.DataFrame) -> list[str]:
+    """``summary.md``: mean ± sample sd of every metric per variant."""
     cols = [c for c in METRICS if c in table and table[c].notna().any()]
     lines = ["| variant | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for v, g in table.groupby("variant", sort=False):
         cells = [f"{g[c].mean():.3f} ± {g[c].std(ddof=1):.3f}" if len(g) > 1 else f"{g[c].mean():.3f}"
                  for c in cols]
         lines.append(f"| {v} | {len(g)} | " + " | ".join(cells) + " |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {csv} and {out / 'summary.md'}")
-    return 0
+    return lines
+
+
+def merge_rows(out: Path, table: pd.DataFrame, variant_order: list[str]) -> pd.DataFrame:
+    """Merge this call's rows into ``out/study.csv`` (rows of other variants and seeds are kept) and rewrite
+    ``summary.md``, both atomically and under ``out/.lock``: two study processes on one folder (say two variants at
+    once) each add their rows instead of the last writer dropping the other's."""
+    lock = FolderLock(out)
+    while not lock.acquire():
+        time.sleep(0.2)
+    try:
+        csv = out / "study.csv"
+        if csv.exists():
+            old = pd.read_csv(csv)
+            done = set(zip(table["variant"], table["seed"]))
+            keep = [(v, s) not in done for v, s in zip(old["variant"], old["seed"])]
+            table = pd.concat([old[keep], table], ignore_index=True)
+        order = {v: i for i, v in enumerate(variant_order)}
+        table = table.sort_values(["variant", "seed"], key=lambda c: c.map(lambda v: order.get(v, len(order)))
+                                  if c.name == "variant" else c, kind="stable").reset_index(drop=True)
+        write_csv(csv, table)
+        write_text(out / "summary.md", "\n".join(summary_lines(table)) + "\n")
+    finally:
+        lock.release()
+    return table
 
 
 if __name__ == "__main__":

@@ -118,3 +118,32 @@ def test_study_reports_bad_spec_and_failed_runs(tmp_path, monkeypatch, capsys):
     spec.write_text(yaml.safe_dump({"config": "c.yaml", "out": str(tmp_path / "o"), "variants": {"a": []}}))
     assert study.main([str(spec)]) == 1
     assert "a_s0: FAILED: train exited 1" in capsys.readouterr().out
+
+
+def test_two_processes_merging_rows_keep_each_others(tmp_path, rng):
+    """merge_rows under out/.lock: writers that merge at the same moment (threads with their own flock here, as two
+    study processes would) keep every row; a row re-run replaces the old one; summary.md follows the table."""
+    import threading
+
+    variants = [f"v{i}" for i in range(8)]
+    values = {v: rng.normal(size=2) for v in variants}
+    start = threading.Barrier(len(variants))
+
+    def write(v):
+        start.wait()
+        study.merge_rows(tmp_path, pd.DataFrame({"variant": [v, v], "seed": [0, 1], "val_gap": values[v]}), variants)
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in variants]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    table = pd.read_csv(tmp_path / "study.csv")
+    assert list(table["variant"]) == [v for v in variants for _ in range(2)] and list(table["seed"]) == [0, 1] * 8
+    np.testing.assert_allclose(table["val_gap"], np.concatenate([values[v] for v in variants]))
+    study.merge_rows(tmp_path, pd.DataFrame({"variant": ["v3"], "seed": [1], "val_gap": [9.0]}), variants)
+    table = pd.read_csv(tmp_path / "study.csv")
+    assert len(table) == 16 and table.loc[(table.variant == "v3") & (table.seed == 1), "val_gap"].item() == 9.0
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.count("\n| v") == 8 and "val_gap" in summary
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
