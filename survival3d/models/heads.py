@@ -84,9 +84,16 @@ def masked_soft_minimum(loc: torch.Tensor, valid: torch.Tensor, beta: torch.Tens
     V, tends to the minimum as :math:`\beta \to \infty` and to the mean as :math:`\beta \to 0` (exactly the mean
     at :math:`\beta = 0`, the first epoch of a β warm-up).
     """
+    return _soft_minimum(*_softmin_logits(loc, valid, beta), loc, valid, beta)
+
+
+def _soft_minimum(logits: torch.Tensor, med: torch.Tensor, loc: torch.Tensor, valid: torch.Tensor,
+                  beta: torch.Tensor) -> torch.Tensor:
+    """:func:`masked_soft_minimum` from the softmin's own logits and median (:func:`_softmin_logits`), so a head that
+    needs both p and the soft minimum computes them once. At beta = 0 the logits are 0, ``lse - log n`` is 0 and the
+    division is by 1: the branch ``where`` does not take stays finite, and so does its gradient."""
     n = valid.sum(1).to(loc.dtype)
-    safe = torch.where(beta > 0, beta, torch.ones_like(beta))  # no 0/0 in the branch that beta = 0 does not take
-    logits, med = _softmin_logits(loc, valid, safe)
+    safe = torch.where(beta > 0, beta, torch.ones_like(beta))
     lme = med[:, 0] - (torch.logsumexp(logits, dim=1) - n.log()) / safe
     mean = loc.masked_fill(~valid, 0.0).sum(1) / n
     return torch.where(beta > 0, lme, mean)
@@ -248,9 +255,11 @@ class SoftminHead(nn.Module):
         valid = valid.expand_as(loc)
         b = loc.shape[0]
         beta = self.beta * self.beta_scale if self.training else self.beta
-        p = masked_softmin(loc.reshape(b, -1), valid.reshape(b, -1), beta).reshape(loc.shape)
+        flat_loc, flat_valid = loc.reshape(b, -1), valid.reshape(b, -1)
+        logits, med = _softmin_logits(flat_loc, flat_valid, beta)  # the softmin of masked_softmin, computed once
+        p = torch.softmax(logits, dim=1).reshape(loc.shape)
         if self.aggregate == "mean_hazard":
-            pred = masked_soft_minimum(loc.reshape(b, -1), valid.reshape(b, -1), beta)
+            pred = _soft_minimum(logits, med, flat_loc, flat_valid, beta)
         else:
             pred = (p * loc).flatten(1).sum(1)
         reg = loc.new_zeros(())
