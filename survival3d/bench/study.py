@@ -24,7 +24,8 @@ STUDY.yaml::
 Outputs under ``out``: ``runs/<variant>_s<seed>/`` (run folders), ``eval/`` and ``explain/`` per run,
 ``study.csv`` (one row per run; rows of runs outside a call's ``--only``/``--seeds`` are kept) and ``summary.md``
 (mean ± sample sd per variant). A run whose results exist is not trained again (resume by running the same
-command); ``--jobs`` runs that many trainings at once, each on ``OMP_NUM_THREADS=1``.
+command), unless its saved ``config.yaml`` no longer matches what the variant gives (the shipped config was edited,
+or the variant's overrides changed): that run is reported as FAILED with the keys that differ; ``--jobs`` runs that many trainings at once, each on ``OMP_NUM_THREADS=1``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from survival3d.errors import ConfigError
 from survival3d.io import FolderLock, write_csv, write_text
 
 CLI = [sys.executable, "-m", "survival3d.cli"]
@@ -66,6 +68,34 @@ def _resolve(path: str, base: Path) -> Path:
     if p.is_absolute():
         return p
     return (base / p) if (base / p).exists() else p.resolve()
+
+
+# keys a study sets per run or that do not change what a run learns: not compared by ``stale_keys``
+UNCOMPARED = ("name", "out_dir", "logging", "train.heatmap", "train.device", "train.overwrite")
+
+
+def _flat(d: object, prefix: str = "") -> dict[str, object]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def stale_keys(run: Path, config: Path, overrides: list[str]) -> list[str]:
+    """``key: saved -> now`` for every key whose value in ``run/config.yaml`` differs from what the study's config
+    and ``overrides`` give today (a shipped config edited after the run was trained, a variant whose overrides
+    changed). Keys the run's config does not have (added to the schema later, at a default that keeps the old
+    behaviour) and ``UNCOMPARED`` keys are not compared."""
+    from omegaconf import OmegaConf
+
+    from survival3d.config import ExperimentConfig, load_config
+
+    saved = _flat(yaml.safe_load((run / "config.yaml").read_text()) or {})
+    now = _flat(OmegaConf.to_container(load_config(config, overrides, schema=ExperimentConfig), resolve=True))
+    return [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in sorted(saved.keys() & now.keys())
+            if not k.startswith(UNCOMPARED) and saved[k] != now[k]]
 
 
 def _score(run: Path, ev: Path | None, ex: Path | None, method: str) -> dict:
@@ -139,10 +169,16 @@ def main(argv: list[str] | None = None) -> int:
         run = out / "runs" / name
         log = out / "logs" / f"{name}.log"
         t0 = time.time()
+        overrides = [*common, *variants[variant], *(f"{k}={seed}" for k in seed_keys)]
+        if (run / "config.yaml").exists():
+            # a run left by an earlier call is reused only if it is still the run this variant asks for
+            changed = stale_keys(run, config, overrides)
+            if changed:
+                raise RuntimeError(f"{run} was trained with a different config ({'; '.join(changed)}): pin the old "
+                                   "value in the variant's overrides or delete the run folder to retrain it")
         if not (run / "final_metrics.json").exists():
             cmd = [*CLI, "train", "--config", str(config), f"out_dir={out / 'runs'}", f"name={name}",
-                   "train.heatmap=false", "logging.wandb=false", *common, *variants[variant],
-                   *(f"{k}={seed}" for k in seed_keys)]
+                   "train.heatmap=false", "logging.wandb=false", *overrides]
             # interrupted: continue exactly from the last epoch (a start stopped before its first checkpoint is
             # cleared by train itself, docs/reliability.md)
             if (run / "checkpoints" / "last.pt").exists():
@@ -169,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     def safe(task: tuple[str, int]) -> dict | None:
         try:
             return one(*task)
-        except RuntimeError as exc:  # one failed run does not stop the study; it is reported and left out
+        except (RuntimeError, ConfigError) as exc:  # one failed run does not stop the study; reported, left out
             print(f"{task[0]}_s{task[1]}: FAILED: {exc}", flush=True)
             return None
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from survival3d.bench import study
+from survival3d.config import ExperimentConfig, load_config, save_config
 
 
 def _fake_cli(values: dict, calls: list):
@@ -31,6 +32,8 @@ def _fake_cli(values: dict, calls: list):
             variant, seed = over["name"].rsplit("_s", 1)
             v = values[(variant, int(seed))]
             run_dir.mkdir(parents=True)
+            cfg = load_config(cmd[cmd.index("--config") + 1], cmd[cmd.index("--config") + 2:], schema=ExperimentConfig)
+            save_config(cfg, run_dir / "config.yaml")  # as train does: the resolved config
             pd.DataFrame({"epoch": [1, 2], "epoch_time_s": [1.5, 2.5], "c_index": [0.5, v["c"]],
                           "c_index_oracle": [0.8, 0.8], "p_lesion": [0.1, v["p"]],
                           "p_distractor": [np.nan, np.nan]}).to_csv(run_dir / "metrics.csv", index=False)
@@ -93,6 +96,46 @@ def test_study_table_matches_the_runs(tmp_path, monkeypatch):
     assert calls == []
     again = pd.read_csv(tmp_path / "out" / "study.csv")
     pd.testing.assert_frame_equal(again[table.columns], table)
+
+
+def test_a_run_trained_with_another_config_is_not_reused(tmp_path, monkeypatch, capsys):
+    """A finished run is reused only while the study still asks for it: editing the shipped config (or a variant's
+    overrides) after the run was trained reports the run as FAILED with the keys that differ, and trains nothing;
+    pinning the old value in the variant makes the run valid again."""
+    rng = np.random.default_rng()
+    values = {("a", s): {"c": rng.uniform(0.6, 0.9), "p": rng.uniform(), "fc": 0.7, "pg": 1.0} for s in (0, 1)}
+    calls: list = []
+    monkeypatch.setattr(study, "_run", _fake_cli(values, calls))
+    beta = float(rng.uniform(1, 9))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"base: base.yaml\nhead: {{beta_init: {beta}}}\n")
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({"config": "cfg.yaml", "out": str(tmp_path / "o"), "seeds": [0, 1],
+                                    "variants": {"a": ["train.epochs=3"]}}))
+    assert study.main([str(spec)]) == 0 and len(calls) == 2
+    first = pd.read_csv(tmp_path / "o" / "study.csv")
+    assert study.stale_keys(tmp_path / "o" / "runs" / "a_s1", cfg, ["train.epochs=3", "train.seed=1"]) == []
+
+    calls.clear()
+    cfg.write_text(f"base: base.yaml\nhead: {{beta_init: {beta + 1}}}\n")  # the shipped config moves on
+    capsys.readouterr()
+    assert study.main([str(spec)]) == 1
+    out = capsys.readouterr().out
+    assert calls == []
+    for s in (0, 1):
+        assert f"a_s{s}: FAILED: {tmp_path / 'o' / 'runs' / f'a_s{s}'} was trained with a different config " \
+               f"(head.beta_init: {beta!r} -> {beta + 1!r})" in out
+    spec.write_text(yaml.safe_dump({"config": "cfg.yaml", "out": str(tmp_path / "o"), "seeds": [0, 1],
+                                    "variants": {"a": ["train.epochs=4"]}}))  # and a variant's overrides change
+    cfg.write_text(f"base: base.yaml\nhead: {{beta_init: {beta}}}\n")
+    assert study.main([str(spec), "--seeds", "0"]) == 1
+    assert "(train.epochs: 3 -> 4)" in capsys.readouterr().out
+
+    spec.write_text(yaml.safe_dump({"config": "cfg.yaml", "out": str(tmp_path / "o"), "seeds": [0, 1],
+                                    "variants": {"a": ["train.epochs=3", f"head.beta_init={beta}"]}}))
+    cfg.write_text(f"base: base.yaml\nhead: {{beta_init: {beta + 1}}}\n")
+    assert study.main([str(spec)]) == 0 and calls == []  # pinned: the runs are reused, the table is unchanged
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "o" / "study.csv")[first.columns], first)
 
 
 def test_study_reports_bad_spec_and_failed_runs(tmp_path, monkeypatch, capsys):
