@@ -50,7 +50,8 @@ CLI = [sys.executable, "-m", "survival3d.cli"]
 METRICS = ["val_c_index", "val_oracle", "val_gap", "val_p_lesion", "val_p_lesion_chance", "val_p_distractor",
            "val_p_distractor_chance", "val_pointing",
            "fresh_c_index",
-           "fresh_oracle", "fresh_gap", "pointing_game", "energy_pg", "energy_pg_cubelet", "train_s"]
+           "fresh_oracle", "fresh_gap", "pointing_game", "energy_pg", "energy_pg_cubelet", "energy_distractor_cubelet",
+           "chance_distractor_cubelet", "train_s"]
 
 
 def _run(cmd: list[str], log: Path) -> None:
@@ -119,10 +120,14 @@ def _score(run: Path, ev: Path | None, ex: Path | None, method: str) -> dict:
         row["fresh_gap"] = row["fresh_c_index"] - row["fresh_oracle"]
     if ex is not None:
         loc = pd.read_csv(ex / "localisation.csv")
-        loc = loc[(loc["method"] == method.split(",")[0]) & loc["pointing_game"].notna()]
+        loc = loc[loc["method"] == method.split(",")[0]]
+        lesion = loc[loc["pointing_game"].notna()]
         for k in ("pointing_game", "energy_pg", "energy_pg_cubelet"):
-            row[k] = float(loc[k].mean())
-        row["lesion_cases"] = len(loc)
+            row[k] = float(lesion[k].mean())
+        row["lesion_cases"] = len(lesion)
+        for k in ("energy_distractor_cubelet", "chance_distractor_cubelet"):  # over the cases with a distractor
+            if k in loc:
+                row[k] = float(loc[k].mean())
     return row
 
 

@@ -16,7 +16,8 @@ import torch
 
 from survival3d.explain.base import EXPLAINERS, Unsupported, patch_size_of, run_model
 from survival3d.explain.io import plot_3d, plot_overlays, save_nifti, source_geometry, to_source_grid
-from survival3d.metrics.localisation import LOCALISATION_COLUMNS, localisation_metrics
+from survival3d.metrics.localisation import (DISTRACTOR_COLUMNS, LOCALISATION_COLUMNS, distractor_metrics,
+                                             localisation_metrics)
 from survival3d.io import write_csv, write_json, write_text
 
 __all__ = ["Case", "explain_cases", "leaderboard", "safe_name", "write_leaderboard"]
@@ -92,6 +93,7 @@ def explain_cases(
         image = _np(batch["image"])
         mask = _np(batch.get("mask"))
         lung = _np(batch.get("lung_mask"))
+        distractor = _np(batch.get("distractor_mask"))
         has_lesion = mask is not None and bool((mask > 0).any())
         with torch.no_grad():
             out = run_model(model, batch)
@@ -128,6 +130,8 @@ def explain_cases(
             row = {"case_id": case.id, "method": name, "has_lesion": has_lesion}
             row.update(localisation_metrics(heat[0], mask if mask is not None else np.zeros_like(heat[0]),
                                             lung_mask=lung, patch_size=ps, tolerance=tolerance, topk=topk))
+            if distractor is not None:
+                row.update(distractor_metrics(heat[0], distractor, lung_mask=lung, patch_size=ps))
             pred = float(out.pred[0])  # grid units → the data's unit (survival3d.time_grid; None = identity)
             row["pred_time"] = pred if time_grid is None else float(time_grid.from_grid(pred))
             for key in ("time", "event"):
@@ -154,7 +158,8 @@ def _log_estimate(first: float, spent: dict[str, float], total: int | None) -> N
 
 def leaderboard(table: pd.DataFrame) -> tuple[dict, str]:
     """Method → mean ± sd (ddof=1) of each localisation metric over the cases *with* a lesion; cases without a
-    lesion are summarised separately (count and ``peak_to_mean``, which is 1 for a flat map).
+    lesion are summarised separately (count and ``peak_to_mean``, which is 1 for a flat map), and, when the table has
+    the distractor columns, the cases with a distractor under ``"distractor"`` (mean ± sd of ``DISTRACTOR_COLUMNS``).
 
     Returns:
         (JSON-ready dict, markdown text). Methods are ranked by ``energy_pg`` (then ``pointing_game``).
@@ -173,6 +178,10 @@ def leaderboard(table: pd.DataFrame) -> tuple[dict, str]:
         board["lesion"][method] = {c: stats(g[c]) for c in LOCALISATION_COLUMNS}
     for method, g in no_lesion.groupby("method", sort=False):
         board["no_lesion"][method] = {"n": int(len(g)), "peak_to_mean": stats(g["peak_to_mean"])}
+    if "energy_distractor" in table:  # cases with a distractor, with or without a lesion
+        with_d = table[np.isfinite(table["energy_distractor"].astype(float))]
+        board["distractor"] = {method: {"n": len(g), **{c: stats(g[c]) for c in DISTRACTOR_COLUMNS}}
+                               for method, g in with_d.groupby("method", sort=False)}
 
     def key(m):
         s = board["lesion"][m]
@@ -181,10 +190,10 @@ def leaderboard(table: pd.DataFrame) -> tuple[dict, str]:
     ranked = sorted(board["lesion"], key=key)
     board["ranking"] = ranked
 
-    def fmt(s):
+    def fmt(s, digits=3):
         if s["mean"] is None:
             return "n/a"
-        return f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["sd"] is not None else f"{s['mean']:.3f}"
+        return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}" if s["sd"] is not None else f"{s['mean']:.{digits}f}"
 
     n_cases = int(lesion["case_id"].nunique()) if len(lesion) else 0
     lines = [
@@ -203,6 +212,11 @@ def leaderboard(table: pd.DataFrame) -> tuple[dict, str]:
                   "|---|---|---|"]
         for m, s in board["no_lesion"].items():
             lines.append(f"| {m} | {s['n']} | {fmt(s['peak_to_mean'])} |")
+    if board.get("distractor"):
+        lines += ["", "## Mass on distractors (cases with one; a map that avoids them is below its chance level; 4 decimals)", "",
+                  "| method | n | " + " | ".join(DISTRACTOR_COLUMNS) + " |", "|---|---|" + "---|" * len(DISTRACTOR_COLUMNS)]
+        for m, s in board["distractor"].items():
+            lines.append(f"| {m} | {s['n']} | " + " | ".join(fmt(s[c], 4) for c in DISTRACTOR_COLUMNS) + " |")
     return board, "\n".join(lines) + "\n"
 
 

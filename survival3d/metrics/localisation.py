@@ -20,6 +20,15 @@ Columns (``LOCALISATION_COLUMNS``, the names used in ``localisation.csv``):
 
 Cases without a lesion (empty mask) have no localisation score: :func:`localisation_metrics` returns NaN for them
 and the caller reports them separately.
+
+Distractors (``DISTRACTOR_COLUMNS``, :func:`distractor_metrics`; cases whose ``distractor_mask`` has voxels in the
+valid region — survival-irrelevant objects such as ct3's calcified granulomas): where a map should *not* be.
+
+* ``energy_distractor``: clipped heatmap mass on distractor voxels ÷ total, over the valid region;
+* ``energy_distractor_cubelet``: the same on the model's cubelets (mass on cubelets that overlap the distractor
+  mask ÷ total) — for the head's p map the analogue of the validation diagnostic ``p_distractor``;
+* ``chance_distractor``, ``chance_distractor_cubelet``: both for a uniform heatmap over the valid region, the level
+  of a map that ignores the distractors. A map that avoids them is *below* chance.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "DISTRACTOR_COLUMNS",
     "LOCALISATION_COLUMNS",
+    "distractor_metrics",
     "localisation_metrics",
     "cubelet_sum",
     "cubelets_to_image",
@@ -40,6 +51,8 @@ __all__ = [
 ]
 
 LOCALISATION_COLUMNS = ("pointing_game", "energy_pg", "energy_pg_cubelet", "auroc", "dice_topk", "chance_energy")
+DISTRACTOR_COLUMNS = ("energy_distractor", "energy_distractor_cubelet", "chance_distractor",
+                      "chance_distractor_cubelet")
 
 
 def cubelet_sum(x: np.ndarray, patch_size: int) -> np.ndarray:
@@ -199,3 +212,23 @@ def localisation_metrics(
         if isinstance(v, float) and math.isinf(v):
             out[k] = float("nan")
     return out
+
+
+def distractor_metrics(heatmap, distractor_mask, *, lung_mask=None, patch_size: int | None = None) -> dict[str, float]:
+    """The heatmap's mass on survival-irrelevant distractors and a uniform map's (module docstring,
+    ``DISTRACTOR_COLUMNS``); every column NaN when no distractor voxel lies in the valid region, the cubelet
+    columns NaN without ``patch_size``."""
+    h, d, valid = _checked(heatmap, distractor_mask, lung_mask, 0.0)
+    dv = d & valid
+    if not dv.any():
+        return {c: float("nan") for c in DISTRACTOR_COLUMNS}
+    hp = np.where(valid, np.clip(h, 0.0, None), 0.0)
+    out = {"energy_distractor": _ratio(hp[dv].sum(), hp.sum()), "chance_distractor": float(dv.sum() / valid.sum())}
+    if patch_size is None:
+        out.update(energy_distractor_cubelet=float("nan"), chance_distractor_cubelet=float("nan"))
+    else:
+        on = cubelet_sum(dv.astype(np.float64), patch_size) > 0
+        mass, uniform = cubelet_sum(hp, patch_size), cubelet_sum(valid.astype(np.float64), patch_size)
+        out["energy_distractor_cubelet"] = _ratio(mass[on].sum(), mass.sum())
+        out["chance_distractor_cubelet"] = _ratio(uniform[on].sum(), uniform.sum())
+    return {k: float("nan") if isinstance(v, float) and math.isinf(v) else v for k, v in out.items()}

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from survival3d.metrics.localisation import LOCALISATION_COLUMNS, cubelet_sum, localisation_metrics
+from survival3d.metrics.localisation import (DISTRACTOR_COLUMNS, LOCALISATION_COLUMNS, cubelet_sum,
+                                             distractor_metrics, localisation_metrics)
 
 
 def _blob(rng, shape=(16, 16, 16), r=3):
@@ -134,3 +135,51 @@ def test_leaderboard_ignores_nan_and_separates_cases_without_lesion():
     assert board["no_lesion"]["head"]["n"] == 1 and board["no_lesion"]["head"]["peak_to_mean"]["mean"] is None
     json.dumps(board, allow_nan=False)  # strict JSON
     assert md.index("| head |") < md.index("| gradcam |") and "without a lesion" in md
+
+
+def test_distractor_mass_against_a_numpy_reference_and_its_chance(rng):
+    """Random map, distractor and lung: the four columns against a direct numpy computation; a uniform map sits at
+    chance on both resolutions; a map on the distractor alone scores 1; one that avoids it 0."""
+    shape, ps = (12, 16, 8), 4
+    d = _blob(rng, shape, r=2)
+    lung = rng.uniform(size=shape) < 0.8
+    h = rng.normal(size=shape)
+    got = distractor_metrics(h, d, lung_mask=lung, patch_size=ps)
+    hp = np.where(lung, np.clip(h, 0, None), 0.0)
+    dv = d & lung
+    on = np.zeros(shape, bool)  # voxels of cubelets touching a valid distractor voxel, by a loop over cubelets
+    for z in range(0, shape[0], ps):
+        for y in range(0, shape[1], ps):
+            for x in range(0, shape[2], ps):
+                sl = np.s_[z:z + ps, y:y + ps, x:x + ps]
+                on[sl] = dv[sl].any()
+    assert got["energy_distractor"] == pytest.approx(hp[dv].sum() / hp.sum())
+    assert got["energy_distractor_cubelet"] == pytest.approx(hp[on].sum() / hp.sum())
+    assert got["chance_distractor"] == pytest.approx(dv.sum() / lung.sum())
+    assert got["chance_distractor_cubelet"] == pytest.approx((lung & on).sum() / lung.sum())
+    flat = distractor_metrics(np.full(shape, rng.uniform(0.1, 3)), d, lung_mask=lung, patch_size=ps)
+    assert flat["energy_distractor"] == pytest.approx(flat["chance_distractor"])
+    assert flat["energy_distractor_cubelet"] == pytest.approx(flat["chance_distractor_cubelet"])
+    assert distractor_metrics(d * 2.0, d, patch_size=ps)["energy_distractor"] == pytest.approx(1.0)
+    assert distractor_metrics(~d * 1.0, d, patch_size=ps)["energy_distractor"] == 0.0
+    assert np.isnan(distractor_metrics(h, d)["energy_distractor_cubelet"])
+    none = distractor_metrics(h, np.zeros(shape, bool), patch_size=ps)  # no distractor: no score
+    assert set(none) == set(DISTRACTOR_COLUMNS) and all(np.isnan(v) for v in none.values())
+
+
+def test_leaderboard_reports_distractor_mass_over_cases_with_one():
+    import pandas as pd
+
+    from survival3d.explain.pipeline import leaderboard
+
+    rows = []
+    for case, lesion, dmass in [("a", True, 0.1), ("b", False, 0.3), ("c", True, np.nan)]:
+        r = {c: (0.5 if lesion else np.nan) for c in LOCALISATION_COLUMNS}
+        r.update({c: dmass for c in DISTRACTOR_COLUMNS})
+        r.update(case_id=case, method="head_grid", has_lesion=lesion, peak_to_mean=2.0)
+        rows.append(r)
+    board, md = leaderboard(pd.DataFrame(rows))
+    s = board["distractor"]["head_grid"]
+    assert s["n"] == 2 and s["energy_distractor_cubelet"]["mean"] == pytest.approx(0.2)
+    assert "Mass on distractors" in md and "| head_grid | 2 |" in md
+    assert "distractor" not in leaderboard(pd.DataFrame(rows).drop(columns=list(DISTRACTOR_COLUMNS)))[0]
