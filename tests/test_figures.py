@@ -131,6 +131,23 @@ def test_explain_figures(checked, tmp_path, rng, lesion):
     _assert_clean(checked, 4)
 
 
+def test_overlay_draws_distractors_with_a_legend_entry(tmp_path, rng, monkeypatch):
+    """ct3's distractors: a yellow contour on the slices that cut them and a "distractor" legend entry; none without."""
+    from survival3d.explain import io
+
+    figs = []
+    monkeypatch.setattr(io, "_save", lambda fig, path: figs.append(fig) or path)
+    image, heat, mask, lung = _case(rng)
+    distractor = (heat == heat.max()).astype(np.float32)  # the peak cubelet: cut by every slice through the peak
+    io.plot_overlays(image, heat, tmp_path / "o.png", mask=mask, lung_mask=lung, distractor_mask=distractor)
+    io.plot_overlays(image, heat, tmp_path / "p.png", mask=mask, lung_mask=lung)
+    labels = [[t.get_text() for t in f.legends[0].get_texts()] for f in figs]
+    assert labels == [["GT lesion", "lung", "distractor"], ["GT lesion", "lung"]]
+    yellow = [sum(1 for c in ax.collections if np.allclose(np.ravel(c.get_edgecolor())[:3], (1, 1, 0)))
+              for ax in figs[0].axes[:3]]
+    assert all(n > 0 for n in yellow)  # the first row goes through the peak, where the distractor voxel is
+
+
 def test_training_heatmap_figure(checked, tmp_path, rng):
     from survival3d.explain.callbacks import _png
 

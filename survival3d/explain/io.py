@@ -179,12 +179,14 @@ def plot_overlays(
     affine: np.ndarray | None = None,
     title: str = "",
     rgb: bool = False,
+    distractor_mask: np.ndarray | None = None,
 ) -> Path:
     """Axial, coronal and sagittal slices through the centre of the heatmap's peak (:func:`peak_centre`) and, when
     the case has a lesion, a second row through the heatmap's strongest point on the lesion (:func:`lesion_peak`):
     the CT in grey, the heatmap on top (jet, as a fraction of its maximum, with a colour bar; transparent below 5%
-    of it; or the RGB view), the GT lesion contour in lime and the lung contour in cyan. The title gives the share
-    of the heatmap's energy inside the lesion and whether the peak is on it."""
+    of it; or the RGB view), the GT lesion contour in lime, the lung contour in cyan and, when given, the
+    survival-irrelevant distractors (``distractor_mask``, e.g. ct3's calcified granulomas) in yellow. The title gives
+    the share of the heatmap's energy inside the lesion and whether the peak is on it."""
     from matplotlib.lines import Line2D
 
     plt = _plt()
@@ -216,6 +218,9 @@ def plot_overlays(
                 a.contour(np.asarray(lung_mask)[sl].T.astype(float), levels=[0.5], colors="cyan", linewidths=0.7)
             if lesion and np.asarray(mask)[sl].any():
                 a.contour(np.asarray(mask)[sl].T.astype(float), levels=[0.5], colors="lime", linewidths=1.2)
+            if distractor_mask is not None and np.asarray(distractor_mask)[sl].any():
+                a.contour(np.asarray(distractor_mask)[sl].T.astype(float), levels=[0.5], colors="yellow",
+                          linewidths=1.0)
             a.set_title(f"{plane} {row_label}\n(axis {axis} = {centre[axis]})", fontsize=9)
             a.axis("off")
     if im is not None:
@@ -225,6 +230,8 @@ def plot_overlays(
     handles = [Line2D([], [], color="lime", lw=1.2, label="GT lesion")] if lesion else []
     if lung_mask is not None and np.asarray(lung_mask).any():
         handles.append(Line2D([], [], color="cyan", lw=0.7, label="lung"))
+    if distractor_mask is not None and np.asarray(distractor_mask).any():
+        handles.append(Line2D([], [], color="yellow", lw=1.0, label="distractor"))
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     metric = ""

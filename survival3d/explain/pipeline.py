@@ -122,7 +122,8 @@ def explain_cases(
                 title = f"{case.id} · {name}"
                 plot_overlays(image, heat if rgb else heat[0], case_dir / f"{name}_overlay.png", mask=mask,
                               lung_mask=lung, affine=case.model_affine if case.model_affine is not None
-                              else (src_affine if case.source is not None else None), title=title, rgb=rgb)
+                              else (src_affine if case.source is not None else None), title=title, rgb=rgb,
+                              distractor_mask=distractor)
                 if not rgb:
                     plot_3d(heat[0], case_dir / f"{name}_3d.png", lung_mask=lung, mask=mask, title=title)
             if rgb:
