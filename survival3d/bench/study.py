@@ -25,7 +25,8 @@ Outputs under ``out``: ``runs/<variant>_s<seed>/`` (run folders), ``eval/`` and 
 ``study.csv`` (one row per run; rows of runs outside a call's ``--only``/``--seeds`` are kept) and ``summary.md``
 (mean ± sample sd per variant). A run whose results exist is not trained again (resume by running the same
 command), unless its saved ``config.yaml`` no longer matches what the variant gives (the shipped config was edited,
-or the variant's overrides changed): that run is reported as FAILED with the keys that differ; ``--jobs`` runs that many trainings at once, each on ``OMP_NUM_THREADS=1``.
+or the variant's overrides changed): that run is reported as FAILED with the keys that differ. ``--jobs`` runs that
+many trainings at once, each on ``OMP_NUM_THREADS=1``.
 """
 
 from __future__ import annotations
@@ -93,7 +94,10 @@ def stale_keys(run: Path, config: Path, overrides: list[str]) -> list[str]:
 
     from survival3d.config import ExperimentConfig, load_config
 
-    saved = _flat(yaml.safe_load((run / "config.yaml").read_text()) or {})
+    try:
+        saved = _flat(yaml.safe_load((run / "config.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError) as e:
+        raise RuntimeError(f"{run / 'config.yaml'}: cannot read the run's config ({type(e).__name__})") from None
     now = _flat(OmegaConf.to_container(load_config(config, overrides, schema=ExperimentConfig), resolve=True))
     return [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in sorted(saved.keys() & now.keys())
             if not k.startswith(UNCOMPARED) and saved[k] != now[k]]

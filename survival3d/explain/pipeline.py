@@ -214,8 +214,9 @@ def leaderboard(table: pd.DataFrame) -> tuple[dict, str]:
         for m, s in board["no_lesion"].items():
             lines.append(f"| {m} | {s['n']} | {fmt(s['peak_to_mean'])} |")
     if board.get("distractor"):
-        lines += ["", "## Mass on distractors (cases with one; a map that avoids them is below its chance level; 4 decimals)", "",
-                  "| method | n | " + " | ".join(DISTRACTOR_COLUMNS) + " |", "|---|---|" + "---|" * len(DISTRACTOR_COLUMNS)]
+        lines += ["", ("## Mass on distractors (cases with one; a map that avoids them is below its chance level; "
+                       "4 decimals)"), "", "| method | n | " + " | ".join(DISTRACTOR_COLUMNS) + " |",
+                  "|---|---|" + "---|" * len(DISTRACTOR_COLUMNS)]
         for m, s in board["distractor"].items():
             lines.append(f"| {m} | {s['n']} | " + " | ".join(fmt(s[c], 4) for c in DISTRACTOR_COLUMNS) + " |")
     return board, "\n".join(lines) + "\n"

@@ -137,6 +137,11 @@ def test_a_run_trained_with_another_config_is_not_reused(tmp_path, monkeypatch, 
     assert study.main([str(spec)]) == 0 and calls == []  # pinned: the runs are reused, the table is unchanged
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "o" / "study.csv")[first.columns], first)
 
+    (tmp_path / "o" / "runs" / "a_s1" / "config.yaml").write_text("data: [unclosed\n")  # a damaged run folder
+    capsys.readouterr()
+    assert study.main([str(spec), "--seeds", "1"]) == 1 and calls == []
+    assert "a_s1: FAILED: " in (out := capsys.readouterr().out) and "config.yaml: cannot read the run's config" in out
+
 
 def test_study_reports_bad_spec_and_failed_runs(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.yaml"
