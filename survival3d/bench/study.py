@@ -77,12 +77,13 @@ UNCOMPARED = ("name", "out_dir", "logging", "train.heatmap", "train.device", "tr
 
 
 def _flat(d: object, prefix: str = "") -> dict[str, object]:
+    """A nested mapping as ``{"dotted.key": leaf}``."""
     if not isinstance(d, dict):
         return {prefix: d}
     out: dict[str, object] = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return {k.rstrip("."): v for k, v in out.items()}
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
 
 
 def stale_keys(run: Path, config: Path, overrides: list[str]) -> list[str]:
