@@ -11,6 +11,7 @@ settings and the search space over any config key::
       trials: 20                      # COMPLETE + PRUNED trials the study should reach (over all workers)
       seeds: [0]                      # train.seed of each run of a trial; the objective is their mean
       objective: {c_index: 1.0}       # weighted sum of validation columns, maximised (see OBJECTIVE_TERMS)
+      objective_epochs: 1             # the run's objective: mean over its last k validated epochs (1: final model)
       sampler: {name: tpe, seed: 0, n_startup_trials: 5}
       pruner: {name: median, n_startup_trials: 3, n_warmup_steps: 2}    # or successive_halving, none
       storage: null                   # default sqlite:///<out>/study.db; postgresql://user:pw@host/db to share
@@ -22,7 +23,9 @@ settings and the search space over any config key::
 Each epoch's objective (the same weighted sum over that epoch's validation row) is reported to Optuna by
 :class:`PruningCallback`, an engine callback; when the pruner says so the callback raises ``optuna.TrialPruned``
 and the trial stops after that epoch's checkpoint. The trial's value is the mean over seeds of the objective of the
-final model (``train.final``).
+final model (``train.final``), or, with ``objective_epochs: k`` > 1, of the mean of the objective over each run's
+last k validated epochs (rows of its ``metrics.csv``): a steadier target where the validation C-index swings from
+epoch to epoch on a small validation set.
 
 Trials live in ``<out>/trials/trial<NNNN>/seed<s>/`` (ordinary run folders). The study is stored in an RDB:
 ``sqlite:///<out>/study.db`` by default, so a killed study continues where it stopped (completed and pruned trials
@@ -48,7 +51,8 @@ import yaml
 
 from survival3d.errors import ConfigError
 
-__all__ = ["StudySpec", "ParamSpec", "load_study_spec", "objective_value", "PruningCallback", "run_study",
+__all__ = ["StudySpec", "ParamSpec", "load_study_spec", "objective_value", "last_epochs_objective", "PruningCallback",
+           "run_study",
            "trial_overrides", "write_study_outputs", "OBJECTIVE_TERMS"]
 
 log = logging.getLogger(__name__)
@@ -61,8 +65,8 @@ OBJECTIVE_TERMS = ("c_index", "c_index_gap", "p_lesion", "p_distractor", "val_lo
 #: Overrides every trial gets on top of the study's (not written into the best config).
 TRIAL_MECHANICS = ("logging.wandb=false", "logging.progress=false", "train.overwrite=true")
 
-_STUDY_KEYS = {"name", "trials", "seeds", "objective", "sampler", "pruner", "storage", "heartbeat_interval",
-               "grace_period"}
+_STUDY_KEYS = {"name", "trials", "seeds", "objective", "objective_epochs", "sampler", "pruner", "storage",
+               "heartbeat_interval", "grace_period"}
 
 
 @dataclass
@@ -107,6 +111,7 @@ class StudySpec:
     heartbeat_interval: int
     grace_period: int
     space: list[ParamSpec]
+    objective_epochs: int = 1
 
 
 def _err(path: Path, field_: str, msg: str) -> ConfigError:
@@ -223,10 +228,11 @@ def load_study_spec(path: str | Path, *, overrides: Sequence[str] = ()) -> Study
         if not isinstance(val, Mapping) or val.get("name") not in names:
             raise _err(path, f"study.{key}.name", f"must be one of {', '.join(names)}, got {val!r}.")
     ints = {}
-    for key, default in (("heartbeat_interval", 30), ("grace_period", 90)):
+    for key, default, unit in (("heartbeat_interval", 30, " (seconds)"), ("grace_period", 90, " (seconds)"),
+                               ("objective_epochs", 1, " (validated epochs)")):
         v = study.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise _err(path, f"study.{key}", f"must be an integer >= 1 (seconds), got {v!r}.")
+            raise _err(path, f"study.{key}", f"must be an integer >= 1{unit}, got {v!r}.")
         ints[key] = v
     if ints["grace_period"] <= ints["heartbeat_interval"]:
         raise _err(path, "study.grace_period", "must be longer than study.heartbeat_interval.")
@@ -259,6 +265,17 @@ def objective_value(metrics: Mapping[str, Any], weights: Mapping[str, float]) ->
             return float("nan")
         total += w * v
     return total
+
+
+def last_epochs_objective(metrics_csv: str | Path, weights: Mapping[str, float], k: int) -> float:
+    """Mean of :func:`objective_value` over the last ``k`` validated epochs of a run's ``metrics.csv`` (rows
+    whose objective is finite; fewer when the run validated fewer epochs); NaN when there is none."""
+    import csv
+
+    with open(metrics_csv, newline="") as f:
+        values = [objective_value(row, weights) for row in csv.DictReader(f)]
+    values = [v for v in values if math.isfinite(v)][-k:]
+    return float(sum(values) / len(values)) if values else float("nan")
 
 
 class PruningCallback:
@@ -408,6 +425,9 @@ def make_objective(spec: StudySpec, out_dir: Path, *, components=None):
                     trial.set_user_attr("diverged", f"seed {seed}: {str(e).split(';')[0]}")
                     raise optuna.TrialPruned(f"seed {seed} diverged (non-finite loss)") from None
             value = objective_value(result, spec.objective)
+            if spec.objective_epochs > 1:
+                trial.set_user_attr(f"seed{seed}_objective_final", value)
+                value = last_epochs_objective(run / "metrics.csv", spec.objective, spec.objective_epochs)
             for m in ("c_index", "c_index_oracle", "p_lesion", "pointing", "val_loss", "time"):
                 v = result.get(m)
                 v = v.get("mean") if isinstance(v, Mapping) else v

@@ -23,7 +23,8 @@ from survival3d.errors import ConfigError
 optuna = pytest.importorskip("optuna")
 
 from survival3d.engine.experiment import run_experiment  # noqa: E402
-from survival3d.engine.tune import PruningCallback, load_study_spec, objective_value, run_study  # noqa: E402
+from survival3d.engine.tune import (PruningCallback, last_epochs_objective, load_study_spec,  # noqa: E402
+                                    objective_value, run_study)
 
 ROOT = Path(__file__).parents[2]
 
@@ -67,6 +68,8 @@ def test_bad_study_settings(tmp_path):
         load_study_spec(path, overrides=["study.pruner={name: hyperband}"])
     with pytest.raises(ConfigError, match=r"'study.trials'"):
         load_study_spec(path, overrides=["study.trials=0"])
+    with pytest.raises(ConfigError, match=r"'study.objective_epochs' must be an integer >= 1"):
+        load_study_spec(path, overrides=["study.objective_epochs=0"])
     spec = load_study_spec(path, overrides=["study.trials=7", "train.epochs=1"])
     assert spec.trials == 7 and spec.overrides[-1] == "train.epochs=1"
 
@@ -81,6 +84,21 @@ def test_objective_value_weighted_sum(rng):
     assert objective_value({"c_index": {"mean": 0.7, "sd": 0.1}}, {"c_index": 2.0}) == pytest.approx(1.4)
     assert math.isnan(objective_value({"c_index": float("nan")}, {"c_index": 1.0}))
     assert math.isnan(objective_value({}, {"p_lesion": 1.0}))
+
+
+def test_last_epochs_objective_is_the_mean_over_the_last_validated_epochs(tmp_path, rng):
+    n = 9
+    rows = pd.DataFrame({"epoch": np.arange(1, n + 1), "train_loss": rng.uniform(1, 3, n),
+                         "c_index": rng.uniform(0.5, 1, n), "c_index_oracle": rng.uniform(0.8, 1, n),
+                         "p_lesion": rng.uniform(0, 1, n)})
+    unvalidated = rng.choice(n, 3, replace=False)  # epochs without a validation pass have empty columns
+    rows.loc[unvalidated, ["c_index", "c_index_oracle", "p_lesion"]] = np.nan
+    rows.to_csv(tmp_path / "metrics.csv", index=False)
+    w = {"c_index_gap": 1.0, "p_lesion": rng.uniform(0.05, 0.5)}
+    per_epoch = (rows.c_index - rows.c_index_oracle + w["p_lesion"] * rows.p_lesion).dropna().to_numpy()
+    for k in (1, 3, 100):
+        assert last_epochs_objective(tmp_path / "metrics.csv", w, k) == pytest.approx(per_epoch[-k:].mean(), rel=1e-12)
+    assert math.isnan(last_epochs_objective(tmp_path / "metrics.csv", {"pointing": 1.0}, 3))
 
 
 class _AlwaysPrune:
@@ -130,6 +148,19 @@ def test_three_trial_study_outputs(tmp_path, components):
         assert (out / png).stat().st_size > 1000, png
     # rerunning the finished study starts nothing
     assert run_study(spec, out, components=components, write_outputs=False)["started_here"] == 0
+
+
+def test_objective_epochs_averages_each_runs_last_epochs(tmp_path, components):
+    path = _write_study(tmp_path, trials=2, extra_study={"objective_epochs": 2}, epochs=3)
+    out = tmp_path / "out"
+    run_study(load_study_spec(path), out, components=components)
+    trials = pd.read_csv(out / "trials.csv")
+    for _, t in trials.iterrows():
+        run = out / "trials" / f"trial{t.number:04d}" / "seed0"
+        c = pd.read_csv(run / "metrics.csv").c_index.to_numpy()
+        final = json.loads((run / "final_metrics.json").read_text())["c_index"]
+        assert len(c) == 3 and t.value == pytest.approx(c[-2:].mean(), rel=1e-12)
+        assert t["user_attrs_seed0_objective_final"] == pytest.approx(final, rel=1e-12)
 
 
 def test_worker_processes_with_a_fixed_seed_draw_different_trials(tmp_path, components):
