@@ -148,6 +148,29 @@ def test_overlay_draws_distractors_with_a_legend_entry(tmp_path, rng, monkeypatc
     assert all(n > 0 for n in yellow)  # the first row goes through the peak, where the distractor voxel is
 
 
+def test_overlay_title_reads_energy_and_chance_inside_the_lung(tmp_path, rng, monkeypatch):
+    """The title's lesion energy and uniform-map share are counted over the lung (as localisation.csv), not the
+    whole volume: with heat outside the lung and a small lung, both differ from the whole-volume figures."""
+    from survival3d.explain import io
+
+    figs = []
+    monkeypatch.setattr(io, "_save", lambda fig, path: figs.append(fig) or path)
+    image, heat, mask, _ = _case(rng)
+    lung = np.zeros_like(image)
+    lo = rng.integers(3, 6)
+    lung[lo:lo + 14, lo:lo + 14, lo:lo + 14] = 1
+    mask *= lung
+    if not mask.any():
+        mask[lo + 5:lo + 8, lo + 5:lo + 8, lo + 5:lo + 8] = 1
+    io.plot_overlays(image, heat, tmp_path / "o.png", mask=mask, lung_mask=lung)
+    m, v = mask > 0, lung > 0
+    energy = heat[m & v].sum() / heat[v].sum()
+    chance = (m & v).sum() / v.sum()
+    title = figs[0]._suptitle.get_text()
+    assert f"energy in lesion {energy:.2f} (uniform map: {chance:.2f})" in title
+    assert f"(uniform map: {m.mean():.2f})" not in title  # the whole volume's share: what the title used to show
+
+
 def test_training_heatmap_figure(checked, tmp_path, rng):
     from survival3d.explain.callbacks import _png
 

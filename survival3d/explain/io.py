@@ -186,7 +186,9 @@ def plot_overlays(
     the CT in grey, the heatmap on top (jet, as a fraction of its maximum, with a colour bar; transparent below 5%
     of it; or the RGB view), the GT lesion contour in lime, the lung contour in cyan and, when given, the
     survival-irrelevant distractors (``distractor_mask``, e.g. ct3's calcified granulomas) in yellow. The title gives
-    the share of the heatmap's energy inside the lesion and whether the peak is on it."""
+    the share of the heatmap's energy inside the lesion and a uniform map's share (``energy_pg`` and
+    ``chance_energy`` of :func:`~survival3d.metrics.localisation.localisation_metrics`: inside the lung mask when
+    one is given) and whether the peak is on the lesion."""
     from matplotlib.lines import Line2D
 
     plt = _plt()
@@ -236,9 +238,11 @@ def plot_overlays(
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     metric = ""
     if lesion and not rgb and hm.sum() > 0:
+        from survival3d.metrics.localisation import localisation_metrics
+
         m = np.asarray(mask) > 0
-        energy = float(np.clip(hm, 0, None)[m].sum() / np.clip(hm, 0, None).sum())
-        metric = (f"energy in lesion {energy:.2f} (uniform map: {m.mean():.2f}), "
+        scores = localisation_metrics(hm, m, lung_mask=lung_mask)  # inside the lung, as localisation.csv
+        metric = (f"energy in lesion {scores['energy_pg']:.2f} (uniform map: {scores['chance_energy']:.2f}), "
                   f"peak {'on' if m[peak] else 'off'} the lesion")
     fig.suptitle(" · ".join(t for t in (title, metric) if t) or "heatmap overlay")
     return _save(fig, Path(path))
