@@ -12,6 +12,11 @@ each predictions file, on the same cases, the model's number and the oracle's (`
 * ``auroc_small`` / ``auroc_mid`` / ``auroc_large``: the same with only the lesion cases of one tertile of the burden
   (bounds ``burden_q1``, ``burden_q2``): which lesion sizes the model tells from healthy cases.
 * ``burden_spearman``: Spearman correlation of burden and risk over the lesion cases; ``c_index_lesion`` their C.
+* ``oracle_largest_c_index`` (levels whose time is set by the summed volume of several lesions, e.g. dummy6, when
+  ``dummy_params.json`` names the generator's seed): the C of the generator's expected time recomputed with only
+  each case's largest lesion (and its covariates): the ceiling of a model that reads one lesion, such as a head whose
+  prediction is the time of its one softmin-chosen cubelet. The cases are drawn again from the seed and checked
+  against the manifest's ``expected_time``.
 * levels with clinical covariates (dummy6, ct3), the least-squares fit
   ``log pred_time = a + b_burden (log expected_time - s) + b_cov s + e`` with ``s`` the generator's covariate shift
   of log-time (:meth:`~survival3d.data.dummy.ClinicalCovariates.log_time_shift`): ``coef_burden`` and ``coef_cov``
@@ -37,7 +42,7 @@ import pandas as pd
 from survival3d.io import write_csv, write_json
 from survival3d.metrics.survival import harrell_c_index
 
-__all__ = ["breakdown", "covariate_shift", "main"]
+__all__ = ["breakdown", "covariate_shift", "largest_lesion_times", "main"]
 
 
 class BreakdownError(ValueError):
@@ -68,6 +73,39 @@ def covariate_shift(level, frame: pd.DataFrame) -> np.ndarray | None:
     return np.array([cov.log_time_shift(row) for row in frame.to_dict("records")], dtype=np.float64)
 
 
+def largest_lesion_times(frame: pd.DataFrame, params: dict, source: str = "manifest") -> np.ndarray | None:
+    """Each case's expected time with only its largest lesion kept (module docstring), in ``frame``'s row order;
+    ``None`` for a level whose time model does not sum lesion volumes (no ``burden``) or ``params`` without a seed.
+
+    Args:
+        frame: manifest rows (``id`` as written by ``run.py dummy``: ``<level>_<index>``, ``expected_time``).
+        params: the generator's ``dummy_params.json`` (``level``, ``seed``, and ``feat_frac``, ``censor_frac``,
+            ``tmax`` when set).
+        source: the manifest's name for error messages.
+    """
+    from survival3d.data.dummy import _delegates, get_level, sample_case
+
+    level = get_level(params["level"])
+    if _delegates(level) or not hasattr(getattr(level, "times", None), "burden") or "seed" not in params:
+        return None
+    fields = {k: params[k] for k in ("seed", "feat_frac", "censor_frac", "tmax") if params.get(k) is not None}
+    tmax = float(params.get("tmax") or 100.0)
+    out = []
+    for cid, expected in zip(frame["id"].astype(str), frame["expected_time"].to_numpy(np.float64)):
+        head, _, index = cid.rpartition("_")
+        if not head or not index.isdigit():
+            raise BreakdownError(f"{source}: id {cid!r} is not a generated case id (<level>_<index>)")
+        case = sample_case(params["level"], int(index), **fields)
+        radii = [r for _, r in case.lesions]  # biggest first
+        shift = level.covariates.log_time_shift(case.covariates) if level.covariates is not None else 0.0
+        full = float(np.clip(level.times.expected(radii, shift), 1.0, tmax))
+        if case.id != cid or abs(full - expected) > 0.011:
+            raise BreakdownError(f"{source}: case {cid}: expected_time {expected} is not the generator's ({full:.2f}) "
+                                 f"for the level and seed of dummy_params.json")
+        out.append(float(np.clip(level.times.expected(radii[:1], shift), 1.0, tmax)))
+    return np.asarray(out)
+
+
 def _scores(d: pd.DataFrame, risk: np.ndarray, burden: str) -> tuple[dict, float, float]:
     """The presence / tertile / within-lesion numbers of one risk score on the cases ``d``."""
     b = d[burden].to_numpy(np.float64)
@@ -84,16 +122,27 @@ def _scores(d: pd.DataFrame, risk: np.ndarray, burden: str) -> tuple[dict, float
     return out, float(q1), float(q2)
 
 
-def breakdown(manifest: pd.DataFrame, predictions: pd.DataFrame, *, level=None, burden: str = "lesion_volume_mm3") -> dict:
+def breakdown(manifest: pd.DataFrame, predictions: pd.DataFrame, *, level=None, burden: str = "lesion_volume_mm3",
+              largest: np.ndarray | None = None) -> dict:
     """The numbers of the module docstring for one predictions table (``id``, ``pred_time``, ``risk``) on a
-    generated ``manifest`` (``id``, ``time``, ``event``, ``expected_time``, ``burden``; ``n_lesions`` optional)."""
-    d = manifest.merge(predictions[["id", "pred_time", "risk"]], on="id", how="inner")
+    generated ``manifest`` (``id``, ``time``, ``event``, ``expected_time``, ``burden``; ``n_lesions`` optional);
+    ``largest``: :func:`largest_lesion_times` of the manifest's rows (adds ``oracle_largest_c_index``)."""
+    if largest is not None:
+        manifest = manifest.assign(_largest=np.asarray(largest, dtype=np.float64))
+    extra = [c for c in ("time", "expected_time") if c in predictions]  # run.py evaluate writes both
+    d = manifest.merge(predictions[["id", "pred_time", "risk", *extra]], on="id", how="inner", suffixes=("", "_pred"))
     if d.empty:
         raise BreakdownError("no case id is in both the manifest and the predictions")
+    for c in extra:  # ids repeat across generator seeds: the same id may be another case
+        if not np.allclose(d[c].to_numpy(np.float64), d[f"{c}_pred"].to_numpy(np.float64), rtol=0, atol=0.011):
+            raise BreakdownError(f"the predictions' {c} differs from the manifest's: they were made on other cases "
+                                 "(another generator seed?)")
     model, q1, q2 = _scores(d, d["risk"].to_numpy(np.float64), burden)
     oracle, _, _ = _scores(d, -d["expected_time"].to_numpy(np.float64), burden)
     out = {"n": int(len(d)), "n_lesion": int((d[burden] > 0).sum()), "burden_q1": q1, "burden_q2": q2,
            "model": model, "oracle": oracle}
+    if largest is not None:
+        out["oracle_largest_c_index"] = harrell_c_index(d["time"], -d["_largest"].to_numpy(), d["event"])
     s = covariate_shift(level, d) if level is not None else None
     if s is not None:
         y = np.log(d["pred_time"].to_numpy(np.float64))
@@ -122,17 +171,27 @@ def _read(path: Path, needed: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
+def _params_of(manifest_path: Path) -> dict | None:
+    """The generator's settings next to the manifest (``dummy_params.json``), or ``None`` when there is none."""
+    params = manifest_path.parent / "dummy_params.json"
+    if not params.is_file():
+        return None
+    try:
+        data = json.loads(params.read_text())
+        data["level"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BreakdownError(f"{params}: no level ({type(e).__name__})") from e
+    return data
+
+
 def _level_of(manifest_path: Path, name: str | None):
     from survival3d.data.dummy import get_level
 
     if name is None:
-        params = manifest_path.parent / "dummy_params.json"
-        if not params.is_file():
+        params = _params_of(manifest_path)
+        if params is None:
             return None
-        try:
-            name = json.loads(params.read_text())["level"]
-        except (OSError, ValueError, KeyError) as e:
-            raise BreakdownError(f"{params}: no level ({type(e).__name__})") from e
+        name = params["level"]
     try:
         return get_level(name)
     except (KeyError, ValueError) as e:
@@ -144,7 +203,7 @@ def _row(label: str, res: dict) -> dict:
            "burden_q2": res["burden_q2"]}
     for who in ("model", "oracle"):
         row.update({f"{who}_{k}": v for k, v in res[who].items()})
-    for k in ("coef_burden", "coef_cov", "resid_sd"):
+    for k in ("oracle_largest_c_index", "coef_burden", "coef_cov", "resid_sd"):
         if k in res:
             row[k] = res[k]
     return row
@@ -161,9 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = _read(args.manifest, ("id", "time", "event", "expected_time", args.burden))
         level = _level_of(args.manifest, args.level)
+        params = _params_of(args.manifest) if args.level is None else None
+        largest = largest_lesion_times(manifest, params, str(args.manifest)) if params is not None else None
         results = {}
         for p in args.predictions:
-            results[str(p)] = breakdown(manifest, _read(p, ("id", "pred_time", "risk")), level=level, burden=args.burden)
+            preds = _read(p, ("id", "pred_time", "risk"))
+            try:
+                results[str(p)] = breakdown(manifest, preds, level=level, burden=args.burden, largest=largest)
+            except BreakdownError as e:  # about this predictions file against the manifest
+                raise BreakdownError(f"{p}: {e}") from None
     except BreakdownError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -177,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {out}: cannot write the breakdown ({type(e).__name__}: {e.strerror or e})", file=sys.stderr)
         return 1
     cols = ["predictions", "model_c_index", "oracle_c_index", "model_presence_auroc", "model_auroc_small",
-            "model_auroc_mid", "model_auroc_large", "model_burden_spearman", "oracle_burden_spearman", "coef_burden",
+            "model_auroc_mid", "model_auroc_large", "model_burden_spearman", "oracle_burden_spearman",
+            "oracle_largest_c_index", "coef_burden",
             "coef_cov", "resid_sd"]
     print(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {out / 'breakdown.csv'} and breakdown.json")

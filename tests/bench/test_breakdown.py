@@ -109,3 +109,65 @@ def test_cli_names_the_file_and_the_missing_column(tmp_path, rng, capsys, drop, 
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and target in err[0] and drop in err[0]
     assert not (tmp_path / "bd").exists()
+
+
+def _generated(tmp_path, rng, level="dummy6", n=12):
+    """A small generated dataset (``run.py dummy``'s writer) and predictions made on it by ``run.py evaluate``."""
+    from survival3d.data.dummy import get_level, write_dummy_dataset
+
+    seed = int(rng.integers(1 << 30))
+    manifest = write_dummy_dataset(tmp_path / "fresh", level, n=n, size=get_level(level).min_size, seed=seed,
+                                   progress=False)
+    frame = pd.read_csv(manifest)
+    preds = _preds(frame, frame["expected_time"] * rng.uniform(0.8, 1.2, len(frame)))
+    preds[["time", "expected_time"]] = frame[["time", "expected_time"]]
+    return manifest, frame, preds, seed
+
+
+def test_largest_lesion_ceiling_reads_only_the_biggest_lesion(tmp_path, rng):
+    """dummy6's expected time sums the lesions' volumes: keeping only the largest gives the time of each case with
+    at most one lesion and a longer time (less burden) for each case with several, in the closed form of the
+    generator's burden model; the ceiling's C is Harrell's C of those times."""
+    from lifelines.utils import concordance_index
+
+    from survival3d.bench.breakdown import largest_lesion_times
+    from survival3d.data.dummy import get_level, sample_case
+
+    manifest, frame, preds, seed = _generated(tmp_path, rng, n=24)  # P(no case with several lesions) ~ (2/3)^24
+    params = json.loads((manifest.parent / "dummy_params.json").read_text())
+    largest = largest_lesion_times(frame, params)
+    times = get_level("dummy6").times
+    several = 0
+    for i, (cid, full, one) in enumerate(zip(frame["id"], frame["expected_time"], largest)):
+        case = sample_case("dummy6", i, seed=seed)
+        radii = [r for _, r in case.lesions]
+        if len(radii) <= 1:
+            assert one == pytest.approx(full, abs=0.006), cid
+        elif 1.0 < full and one < params["tmax"]:  # unclipped: T = t0 (1 + b)^-beta e^s, so the ratio of the
+            b_all, b_one = times.burden(radii), times.burden(radii[:1])  # two times is ((1 + b) / (1 + b_1))^beta
+            ratio = ((1 + b_all) / (1 + b_one)) ** times.beta
+            assert ratio > 1 and one == pytest.approx(full * ratio, abs=0.006 * ratio), cid  # full: rounded to 0.01
+            several += 1
+    assert several > 0
+    res = breakdown(frame, preds, level=get_level("dummy6"), largest=largest)
+    ref = concordance_index(frame["time"], largest, frame["event"])
+    assert res["oracle_largest_c_index"] == pytest.approx(ref, abs=1e-9)
+    assert largest_lesion_times(frame, {**params, "level": "dummy1"}) is None  # one lesion at most: no sum to read
+
+
+def test_cli_reports_the_ceiling_and_refuses_foreign_cases(tmp_path, rng, capsys):
+    manifest, frame, preds, _ = _generated(tmp_path, rng)
+    preds.to_csv(tmp_path / "p.csv", index=False)
+    assert main([str(manifest), str(tmp_path / "p.csv"), "--out", str(tmp_path / "bd")]) == 0
+    assert "oracle_largest_c_index" in pd.read_csv(tmp_path / "bd" / "breakdown.csv")
+    # the same ids from another generator seed: predictions on other cases
+    preds.assign(expected_time=preds["expected_time"][::-1].to_numpy()).to_csv(tmp_path / "q.csv", index=False)
+    capsys.readouterr()
+    assert main([str(manifest), str(tmp_path / "q.csv"), "--out", str(tmp_path / "bd2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "q.csv" in err[0] and "expected_time" in err[0] and not (tmp_path / "bd2").exists()
+    # a manifest whose expected times are not the generator's for dummy_params.json's seed
+    frame.assign(expected_time=frame["expected_time"] + 1.0).to_csv(manifest, index=False)
+    assert main([str(manifest), str(tmp_path / "p.csv"), "--out", str(tmp_path / "bd3")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "manifest.csv" in err[0] and "not the generator's" in err[0]
