@@ -83,10 +83,10 @@ def largest_lesion_times(frame: pd.DataFrame, params: dict, source: str = "manif
             ``tmax`` when set).
         source: the manifest's name for error messages.
     """
-    from survival3d.data.dummy import _delegates, get_level, sample_case
+    from survival3d.data.dummy import get_level, sample_case
 
-    level = get_level(params["level"])
-    if _delegates(level) or not hasattr(getattr(level, "times", None), "burden") or "seed" not in params:
+    level = get_level(params["level"])  # the real-anatomy levels (ct1-ct3) have no ``times`` model of this kind
+    if not hasattr(getattr(level, "times", None), "burden") or "seed" not in params:
         return None
     fields = {k: params[k] for k in ("seed", "feat_frac", "censor_frac", "tmax") if params.get(k) is not None}
     tmax = float(params.get("tmax") or 100.0)

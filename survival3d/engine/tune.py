@@ -52,8 +52,7 @@ import yaml
 from survival3d.errors import ConfigError
 
 __all__ = ["StudySpec", "ParamSpec", "load_study_spec", "objective_value", "last_epochs_objective", "PruningCallback",
-           "run_study",
-           "trial_overrides", "write_study_outputs", "OBJECTIVE_TERMS"]
+           "run_study", "trial_overrides", "write_study_outputs", "OBJECTIVE_TERMS"]
 
 log = logging.getLogger(__name__)
 
