@@ -83,19 +83,20 @@ def largest_lesion_times(frame: pd.DataFrame, params: dict, source: str = "manif
             ``tmax`` when set).
         source: the manifest's name for error messages.
     """
-    from survival3d.data.dummy import get_level, sample_case
+    from survival3d.data.dummy import as_spec, get_level, sample_case
 
     level = get_level(params["level"])  # the real-anatomy levels (ct1-ct3) have no ``times`` model of this kind
     if not hasattr(getattr(level, "times", None), "burden") or "seed" not in params:
         return None
-    fields = {k: params[k] for k in ("seed", "feat_frac", "censor_frac", "tmax") if params.get(k) is not None}
-    tmax = float(params.get("tmax") or 100.0)
+    spec = as_spec(params["level"], **{k: params[k] for k in ("seed", "feat_frac", "censor_frac", "tmax")
+                                       if params.get(k) is not None})
+    tmax = float(spec.tmax)
     out = []
     for cid, expected in zip(frame["id"].astype(str), frame["expected_time"].to_numpy(np.float64)):
         head, _, index = cid.rpartition("_")
         if not head or not index.isdigit():
             raise BreakdownError(f"{source}: id {cid!r} is not a generated case id (<level>_<index>)")
-        case = sample_case(params["level"], int(index), **fields)
+        case = sample_case(spec, int(index))
         radii = [r for _, r in case.lesions]  # biggest first
         shift = level.covariates.log_time_shift(case.covariates) if level.covariates is not None else 0.0
         full = float(np.clip(level.times.expected(radii, shift), 1.0, tmax))
@@ -188,10 +189,7 @@ def _level_of(manifest_path: Path, name: str | None):
     from survival3d.data.dummy import get_level
 
     if name is None:
-        params = _params_of(manifest_path)
-        if params is None:
-            return None
-        name = params["level"]
+        return None
     try:
         return get_level(name)
     except (KeyError, ValueError) as e:
@@ -219,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         manifest = _read(args.manifest, ("id", "time", "event", "expected_time", args.burden))
-        level = _level_of(args.manifest, args.level)
         params = _params_of(args.manifest) if args.level is None else None
+        level = _level_of(args.manifest, args.level or (params or {}).get("level"))
         largest = largest_lesion_times(manifest, params, str(args.manifest)) if params is not None else None
         results = {}
         for p in args.predictions:

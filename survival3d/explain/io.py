@@ -180,6 +180,7 @@ def plot_overlays(
     title: str = "",
     rgb: bool = False,
     distractor_mask: np.ndarray | None = None,
+    scores: dict | None = None,
 ) -> Path:
     """Axial, coronal and sagittal slices through the centre of the heatmap's peak (:func:`peak_centre`) and, when
     the case has a lesion, a second row through the heatmap's strongest point on the lesion (:func:`lesion_peak`):
@@ -188,7 +189,8 @@ def plot_overlays(
     survival-irrelevant distractors (``distractor_mask``, e.g. ct3's calcified granulomas) in yellow. The title gives
     the share of the heatmap's energy inside the lesion and a uniform map's share (``energy_pg`` and
     ``chance_energy`` of :func:`~survival3d.metrics.localisation.localisation_metrics`: inside the lung mask when
-    one is given) and whether the peak is on the lesion."""
+    one is given; ``scores``, when the caller has already computed them for this heatmap, mask and lung mask) and
+    whether the peak is on the lesion."""
     from matplotlib.lines import Line2D
 
     plt = _plt()
@@ -238,10 +240,11 @@ def plot_overlays(
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     metric = ""
     if lesion and not rgb and hm.sum() > 0:
-        from survival3d.metrics.localisation import localisation_metrics
-
         m = np.asarray(mask) > 0
-        scores = localisation_metrics(hm, m, lung_mask=lung_mask)  # inside the lung, as localisation.csv
+        if scores is None:
+            from survival3d.metrics.localisation import localisation_metrics
+
+            scores = localisation_metrics(hm, m, lung_mask=lung_mask)  # inside the lung, as localisation.csv
         metric = (f"energy in lesion {scores['energy_pg']:.2f} (uniform map: {scores['chance_energy']:.2f}), "
                   f"peak {'on' if m[peak] else 'off'} the lesion")
     fig.suptitle(" · ".join(t for t in (title, metric) if t) or "heatmap overlay")

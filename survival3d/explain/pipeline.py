@@ -118,19 +118,20 @@ def explain_cases(
             on_source = to_source_grid(heat, src_shape, src_affine=src_affine, model_affine=case.model_affine)
             save_nifti(on_source, src_affine, case_dir / f"{name}.nii.gz")
             rgb = explainer.kind == "rgb"
+            scores = None if rgb else localisation_metrics(
+                heat[0], mask if mask is not None else np.zeros_like(heat[0]), lung_mask=lung, patch_size=ps,
+                tolerance=tolerance, topk=topk)
             if case_views:
                 title = f"{case.id} · {name}"
                 plot_overlays(image, heat if rgb else heat[0], case_dir / f"{name}_overlay.png", mask=mask,
                               lung_mask=lung, affine=case.model_affine if case.model_affine is not None
                               else (src_affine if case.source is not None else None), title=title, rgb=rgb,
-                              distractor_mask=distractor)
+                              distractor_mask=distractor, scores=scores)
                 if not rgb:
                     plot_3d(heat[0], case_dir / f"{name}_3d.png", lung_mask=lung, mask=mask, title=title)
             if rgb:
                 continue
-            row = {"case_id": case.id, "method": name, "has_lesion": has_lesion}
-            row.update(localisation_metrics(heat[0], mask if mask is not None else np.zeros_like(heat[0]),
-                                            lung_mask=lung, patch_size=ps, tolerance=tolerance, topk=topk))
+            row = {"case_id": case.id, "method": name, "has_lesion": has_lesion, **scores}
             if distractor is not None:
                 row.update(distractor_metrics(heat[0], distractor, lung_mask=lung, patch_size=ps))
             pred = float(out.pred[0])  # grid units → the data's unit (survival3d.time_grid; None = identity)
