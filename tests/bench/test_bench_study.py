@@ -195,3 +195,27 @@ def test_two_processes_merging_rows_keep_each_others(tmp_path, rng):
     summary = (tmp_path / "summary.md").read_text()
     assert summary.count("\n| v") == 8 and "val_gap" in summary
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+STUDIES = sorted((Path(__file__).resolve().parents[2] / "configs" / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_shipped_study_variants_load(path):
+    """Every variant of every shipped study file is a valid set of overrides of its config (a YAML slip such as an
+    unquoted ``key=[96]`` inside the variant's list, or a renamed key, fails here instead of in the study's run)."""
+    spec = yaml.safe_load(path.read_text())
+    config = (path.parent / spec["config"]).resolve()
+    assert config.is_file(), spec["config"]
+    seeds = [f"{k}=0" for k in spec.get("seed_keys", ["train.seed"])]
+    assert spec["variants"]
+    for name, overrides in spec["variants"].items():
+        assert all(isinstance(o, str) and "=" in o for o in overrides or []), (name, overrides)
+        cfg = load_config(config, [*spec.get("overrides", []), *(overrides or []), *seeds], schema=ExperimentConfig)
+        final = dict(o.split("=", 1) for o in overrides or [])  # a key set twice: the later value wins
+        for key, value in final.items():  # each override took effect: the resolved config holds the value it sets
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            assert str(node).replace(" ", "") == str(yaml.safe_load(value)).replace(" ", "") or \
+                node == yaml.safe_load(value), (name, key, value, node)
