@@ -4,7 +4,8 @@ generator's ground truth.
     python -m survival3d.bench.breakdown FRESH/manifest.csv EVAL/predictions.csv [...] [--out DIR]
 
 ``manifest.csv`` is a dataset written by ``run.py dummy`` (any level; ``dummy_params.json`` next to it names the
-level), ``predictions.csv`` the output of ``run.py evaluate`` on it (columns ``id``, ``pred_time``, ``risk``). For
+level), ``predictions.csv`` the output of ``run.py evaluate`` on it (columns ``id``, ``pred_time``, ``risk``) or of
+``run.py predict`` (a model or an ensemble; its ``mean_time`` is the prediction). For
 each predictions file, on the same cases, the model's number and the oracle's (``expected_time``):
 
 * ``c_index``: Harrell's C of the whole set.
@@ -172,6 +173,21 @@ def _read(path: Path, needed: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
+def _read_predictions(path: Path) -> pd.DataFrame:
+    """``run.py evaluate``'s predictions.csv (``id``, ``pred_time``, ``risk``), or ``run.py predict``'s (a model or
+    an ensemble: its ``mean_time``, E[T] of the averaged pmf, is the prediction; only the cases it finished)."""
+    try:
+        head = pd.read_csv(path, nrows=0).columns
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        head = ()
+    if "pred_time" in head or "mean_time" not in head:
+        return _read(path, ("id", "pred_time", "risk"))
+    frame = _read(path, ("id", "mean_time", "risk"))
+    if "status" in frame.columns:
+        frame = frame[frame["status"] == "done"]
+    return frame.rename(columns={"mean_time": "pred_time"})
+
+
 def _params_of(manifest_path: Path) -> dict | None:
     """The generator's settings next to the manifest (``dummy_params.json``), or ``None`` when there is none."""
     params = manifest_path.parent / "dummy_params.json"
@@ -222,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         largest = largest_lesion_times(manifest, params, str(args.manifest)) if params is not None else None
         results = {}
         for p in args.predictions:
-            preds = _read(p, ("id", "pred_time", "risk"))
+            preds = _read_predictions(p)
             try:
                 results[str(p)] = breakdown(manifest, preds, level=level, burden=args.burden, largest=largest)
             except BreakdownError as e:  # about this predictions file against the manifest

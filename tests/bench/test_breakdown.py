@@ -171,3 +171,24 @@ def test_cli_reports_the_ceiling_and_refuses_foreign_cases(tmp_path, rng, capsys
     assert main([str(manifest), str(tmp_path / "p.csv"), "--out", str(tmp_path / "bd3")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "manifest.csv" in err[0] and "not the generator's" in err[0]
+
+
+def test_cli_reads_predict_output_as_the_same_predictions(tmp_path, rng):
+    """``run.py predict``'s predictions.csv (``mean_time``, a ``status`` per case) gives the numbers of the same
+    predictions written as ``run.py evaluate``'s ``pred_time``; cases predict did not finish are left out."""
+    _, frame, _ = _cases(rng, n=60)
+    data = tmp_path / "fresh"
+    data.mkdir()
+    frame.to_csv(data / "manifest.csv", index=False)
+    (data / "dummy_params.json").write_text(json.dumps({"level": "dummy6"}))
+    pred = frame["expected_time"] * rng.uniform(0.7, 1.3, len(frame))
+    done = rng.random(len(frame)) < 0.8
+    _preds(frame[done], pred[done]).to_csv(tmp_path / "evaluate.csv", index=False)
+    pd.DataFrame({"id": frame["id"], "status": np.where(done, "done", "failed"),
+                  "mean_time": np.where(done, pred, np.nan), "median_time": np.where(done, pred.round(), np.nan),
+                  "risk": np.where(done, -pred, np.nan)}).to_csv(tmp_path / "predict.csv", index=False)
+    assert main([str(data / "manifest.csv"), str(tmp_path / "evaluate.csv"), str(tmp_path / "predict.csv"),
+                 "--out", str(tmp_path / "bd")]) == 0
+    table = pd.read_csv(tmp_path / "bd" / "breakdown.csv").drop(columns=["predictions"])
+    pd.testing.assert_series_equal(table.iloc[0], table.iloc[1], check_names=False)
+    assert table.loc[0, "model_c_index"] != table.loc[0, "oracle_c_index"]
