@@ -159,11 +159,14 @@ def breakdown(manifest: pd.DataFrame, predictions: pd.DataFrame, *, level=None, 
     return out
 
 
-def _read(path: Path, needed: tuple[str, ...]) -> pd.DataFrame:
+def _read(path: Path, needed: tuple[str, ...], adapt=None) -> pd.DataFrame:
+    """``path`` as a table with the numeric columns ``needed`` (and ``id``); ``adapt`` rewrites the frame first."""
     try:
         frame = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise BreakdownError(f"{path}: cannot read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    if adapt is not None:
+        frame = adapt(frame)
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise BreakdownError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -173,16 +176,11 @@ def _read(path: Path, needed: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
-def _read_predictions(path: Path) -> pd.DataFrame:
-    """``run.py evaluate``'s predictions.csv (``id``, ``pred_time``, ``risk``), or ``run.py predict``'s (a model or
-    an ensemble: its ``mean_time``, E[T] of the averaged pmf, is the prediction; only the cases it finished)."""
-    try:
-        head = pd.read_csv(path, nrows=0).columns
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        head = ()
-    if "pred_time" in head or "mean_time" not in head:
-        return _read(path, ("id", "pred_time", "risk"))
-    frame = _read(path, ("id", "mean_time", "risk"))
+def _from_predict(frame: pd.DataFrame) -> pd.DataFrame:
+    """``run.py predict``'s predictions.csv (a model or an ensemble) as ``run.py evaluate``'s: its ``mean_time``, E[T]
+    of the averaged pmf, is ``pred_time``, and only the cases it finished count. Other tables are left as they are."""
+    if "pred_time" in frame.columns or "mean_time" not in frame.columns:
+        return frame
     if "status" in frame.columns:
         frame = frame[frame["status"] == "done"]
     return frame.rename(columns={"mean_time": "pred_time"})
@@ -238,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         largest = largest_lesion_times(manifest, params, str(args.manifest)) if params is not None else None
         results = {}
         for p in args.predictions:
-            preds = _read_predictions(p)
+            preds = _read(p, ("id", "pred_time", "risk"), adapt=_from_predict)
             try:
                 results[str(p)] = breakdown(manifest, preds, level=level, burden=args.burden, largest=largest)
             except BreakdownError as e:  # about this predictions file against the manifest
