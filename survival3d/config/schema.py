@@ -130,7 +130,7 @@ class HeadConfig:
     smooth_weight: float = 0.0  # w * mean squared loc difference between neighbouring cubelets
     map_upsample: int = 1  # softmin map on a grid this many times finer than the cubelets (loc trilinear between centres)
     context: str = "none"  # softmin: none | mean (each cubelet's time also sees the mean valid token of the volume)
-    aggregate: str = "weighted_mean"  # softmin: weighted_mean (sum p loc) | mean_hazard (log-mean-exp: the burden adds up)
+    aggregate: str = "weighted_mean"  # softmin: weighted_mean (sum p loc) | mean_hazard (log-mean-exp) | mean_rate (harmonic mean): the burden adds up
 
 
 @dataclass

@@ -8,9 +8,11 @@ import torch.nn.functional as F
 from survival3d.models.heads import (
     HEAD_AGGREGATES,
     HEADS,
+    RATE_LOC_MIN,
     SoftminHead,
     _masked_upsample,
     cubelet_valid_mask,
+    masked_harmonic_mean,
     masked_soft_minimum,
     masked_softmin,
 )
@@ -107,6 +109,9 @@ def test_every_head_shapes_and_grads(name, aggregate):
     (res["pred"].sum() + res["reg_loss"]).backward()
     assert tokens.grad.abs().sum() > 0
     for n, prm in head.named_parameters():
+        if aggregate == "mean_rate" and n == "log_beta":  # β shapes the map only: no gradient from pred
+            assert prm.grad is None or not prm.grad.any(), n
+            continue
         assert prm.grad is not None and torch.isfinite(prm.grad).all() and prm.grad.abs().sum() > 0, n
 
 
@@ -366,3 +371,48 @@ def test_mean_hazard_head_keeps_p_and_changes_pred_only():
     torch.testing.assert_close(r0["pred"], (r0["loc"].flatten(1) * valid.flatten(1)).sum(1) / n)
     with pytest.raises(ValueError, match="aggregate must be one of weighted_mean, mean_hazard"):
         SoftminHead(8, aggregate="sum")
+
+
+def test_harmonic_mean_closed_form_burden_and_float64_gradient():
+    """k of N cubelets at L, the rest at H: N / (k/L + (N-k)/H); twice the lesion cubelets, about half the time;
+    invalid entries take no part; gradcheck in float64."""
+    n, lo_t, hi_t = 500, float(np.random.uniform(0.005, 0.02)), float(np.random.uniform(60, 90))  # lesions dominate the rate
+    preds = []
+    for k in (5, 10, 20):
+        loc = torch.full((1, n), hi_t, dtype=torch.float64)
+        loc[0, :k] = lo_t
+        valid = torch.ones(1, n, dtype=torch.bool)
+        got = masked_harmonic_mean(loc, valid)
+        assert got.item() == pytest.approx(n / (k / lo_t + (n - k) / hi_t), rel=1e-12)
+        preds.append(got.item())
+    assert preds[0] / preds[1] == pytest.approx(2.0, rel=0.1) and preds[1] / preds[2] == pytest.approx(2.0, rel=0.1)
+    loc = (torch.rand(3, 12, dtype=torch.float64) * 50 + 0.5).requires_grad_()
+    valid = _valid(3, (12,)).reshape(3, 12)
+    ref = valid.sum(1) / (valid / loc.detach()).sum(1)
+    torch.testing.assert_close(masked_harmonic_mean(loc, valid), ref.double())
+    lo, mean = loc.detach().masked_fill(~valid, np.inf).min(1).values, (loc.detach() * valid).sum(1) / valid.sum(1)
+    got = masked_harmonic_mean(loc.detach(), valid)
+    assert (got >= lo - 1e-12).all() and (got <= mean + 1e-12).all()
+    torch.testing.assert_close(masked_harmonic_mean(loc.detach().masked_fill(~valid, 1e-9), valid), got)
+    assert torch.autograd.gradcheck(lambda x: masked_harmonic_mean(x, valid), (loc,))
+    # a loc that underflowed to 0 counts as RATE_LOC_MIN: finite prediction and gradient
+    z = torch.tensor([[0.0, 10.0, 10.0]], requires_grad=True)
+    out = masked_harmonic_mean(z, torch.ones(1, 3, dtype=torch.bool))
+    out.sum().backward()
+    assert out.item() == pytest.approx(3 / (1 / RATE_LOC_MIN + 0.2), rel=1e-5) and torch.isfinite(z.grad).all()
+
+
+def test_mean_rate_head_keeps_p_and_ignores_beta_in_pred():
+    torch.manual_seed(torch.seed() % 2**31)
+    a = SoftminHead(8, hidden=[8], beta_init=float(torch.empty(1).uniform_(0.2, 3)))
+    h = SoftminHead(8, hidden=[8], aggregate="mean_rate")
+    h.load_state_dict(a.state_dict())
+    tokens, valid = torch.randn(2, 8, 3, 4, 2), _valid(2, (3, 4, 2))
+    ra, rh = a(tokens, valid), h(tokens, valid)
+    torch.testing.assert_close(rh["p"], ra["p"])
+    torch.testing.assert_close(rh["pred"], masked_harmonic_mean(rh["loc"].flatten(1), valid.expand_as(rh["loc"]).flatten(1)))
+    with torch.no_grad():
+        h.log_beta.add_(1.0)
+    rb = h(tokens, valid)
+    torch.testing.assert_close(rb["pred"], rh["pred"])
+    assert not torch.allclose(rb["p"], rh["p"])
