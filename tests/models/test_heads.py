@@ -350,15 +350,22 @@ def test_soft_minimum_gradcheck_and_finite_at_beta_zero():
     torch.testing.assert_close(g_loc, (valid / valid.sum(1, keepdim=True)).double())  # the mean's gradient
 
 
-def test_mean_hazard_head_keeps_p_and_changes_pred_only():
+def _with_aggregate(aggregate):
+    """A weighted-mean head at a random β and a head with the same weights and ``aggregate``, on fresh tokens: both
+    heads, tokens, valid and both outputs; p and loc must agree (the aggregate changes pred only)."""
     torch.manual_seed(torch.seed() % 2**31)
     a = SoftminHead(8, hidden=[8], beta_init=float(torch.empty(1).uniform_(0.2, 3)))
-    h = SoftminHead(8, hidden=[8], aggregate="mean_hazard")
+    h = SoftminHead(8, hidden=[8], aggregate=aggregate)
     h.load_state_dict(a.state_dict())
     tokens, valid = torch.randn(2, 8, 3, 4, 2), _valid(2, (3, 4, 2))
     ra, rh = a(tokens, valid), h(tokens, valid)
     torch.testing.assert_close(rh["p"], ra["p"])
     torch.testing.assert_close(rh["loc"], ra["loc"])
+    return a, h, tokens, valid, ra, rh
+
+
+def test_mean_hazard_head_keeps_p_and_changes_pred_only():
+    _, h, tokens, valid, ra, rh = _with_aggregate("mean_hazard")
     torch.testing.assert_close(rh["pred"], masked_soft_minimum(rh["loc"].flatten(1), valid.flatten(1), h.beta))
     # free energy: log-mean-exp = sum p loc + KL(p || uniform on V) / beta = sum p loc + (log |V| - H(p)) / beta
     p = ra["p"].flatten(1).double()
@@ -403,13 +410,7 @@ def test_harmonic_mean_closed_form_burden_and_float64_gradient():
 
 
 def test_mean_rate_head_keeps_p_and_ignores_beta_in_pred():
-    torch.manual_seed(torch.seed() % 2**31)
-    a = SoftminHead(8, hidden=[8], beta_init=float(torch.empty(1).uniform_(0.2, 3)))
-    h = SoftminHead(8, hidden=[8], aggregate="mean_rate")
-    h.load_state_dict(a.state_dict())
-    tokens, valid = torch.randn(2, 8, 3, 4, 2), _valid(2, (3, 4, 2))
-    ra, rh = a(tokens, valid), h(tokens, valid)
-    torch.testing.assert_close(rh["p"], ra["p"])
+    _, h, tokens, valid, _, rh = _with_aggregate("mean_rate")
     torch.testing.assert_close(rh["pred"], masked_harmonic_mean(rh["loc"].flatten(1), valid.expand_as(rh["loc"]).flatten(1)))
     with torch.no_grad():
         h.log_beta.add_(1.0)
