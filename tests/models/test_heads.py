@@ -351,8 +351,8 @@ def test_soft_minimum_gradcheck_and_finite_at_beta_zero():
 
 
 def _with_aggregate(aggregate):
-    """A weighted-mean head at a random β and a head with the same weights and ``aggregate``, on fresh tokens: both
-    heads, tokens, valid and both outputs; p and loc must agree (the aggregate changes pred only)."""
+    """A weighted-mean head at a random β and a head with the same weights and ``aggregate``, on fresh tokens: the
+    second head, tokens, valid and both outputs; p and loc must agree (the aggregate changes pred only)."""
     torch.manual_seed(torch.seed() % 2**31)
     a = SoftminHead(8, hidden=[8], beta_init=float(torch.empty(1).uniform_(0.2, 3)))
     h = SoftminHead(8, hidden=[8], aggregate=aggregate)
@@ -361,11 +361,11 @@ def _with_aggregate(aggregate):
     ra, rh = a(tokens, valid), h(tokens, valid)
     torch.testing.assert_close(rh["p"], ra["p"])
     torch.testing.assert_close(rh["loc"], ra["loc"])
-    return a, h, tokens, valid, ra, rh
+    return h, tokens, valid, ra, rh
 
 
 def test_mean_hazard_head_keeps_p_and_changes_pred_only():
-    _, h, tokens, valid, ra, rh = _with_aggregate("mean_hazard")
+    h, tokens, valid, ra, rh = _with_aggregate("mean_hazard")
     torch.testing.assert_close(rh["pred"], masked_soft_minimum(rh["loc"].flatten(1), valid.flatten(1), h.beta))
     # free energy: log-mean-exp = sum p loc + KL(p || uniform on V) / beta = sum p loc + (log |V| - H(p)) / beta
     p = ra["p"].flatten(1).double()
@@ -410,8 +410,8 @@ def test_harmonic_mean_closed_form_burden_and_float64_gradient():
 
 
 def test_mean_rate_head_keeps_p_and_ignores_beta_in_pred():
-    _, h, tokens, valid, _, rh = _with_aggregate("mean_rate")
-    torch.testing.assert_close(rh["pred"], masked_harmonic_mean(rh["loc"].flatten(1), valid.expand_as(rh["loc"]).flatten(1)))
+    h, tokens, valid, _, rh = _with_aggregate("mean_rate")
+    torch.testing.assert_close(rh["pred"], masked_harmonic_mean(rh["loc"].flatten(1), valid.flatten(1)))
     with torch.no_grad():
         h.log_beta.add_(1.0)
     rb = h(tokens, valid)
