@@ -12,7 +12,8 @@ each predictions file, on the same cases, the model's number and the oracle's (`
 * ``presence_auroc``: AUROC of the risk between cases with a lesion (``--burden`` column > 0) and cases without.
 * ``auroc_small`` / ``auroc_mid`` / ``auroc_large``: the same with only the lesion cases of one tertile of the burden
   (bounds ``burden_q1``, ``burden_q2``): which lesion sizes the model tells from healthy cases.
-* ``burden_spearman``: Spearman correlation of burden and risk over the lesion cases; ``c_index_lesion`` their C.
+* ``burden_spearman``: Spearman correlation of burden and risk over the lesion cases; ``c_index_lesion`` their C
+  (NaN when they hold no comparable pair).
 * ``oracle_largest_c_index`` (levels whose time is set by the summed volume of several lesions, e.g. dummy6, when
   ``dummy_params.json`` names the generator's seed): the C of the generator's expected time recomputed with only
   each case's largest lesion (and its covariates): the ceiling of a model that reads one lesion, such as a head whose
@@ -119,8 +120,11 @@ def _scores(d: pd.DataFrame, risk: np.ndarray, burden: str) -> tuple[dict, float
         out[f"auroc_{name}"] = _auroc(has[keep], risk[keep])
     out["burden_spearman"] = _spearman(b[has], risk[has])
     lesion = d[has]
-    out["c_index_lesion"] = (harrell_c_index(lesion["time"], risk[has], lesion["event"])
-                             if has.sum() >= 2 and lesion["event"].sum() > 0 else math.nan)
+    try:  # undefined (NaN) when the lesion cases hold no comparable pair, e.g. their one event is the longest time
+        out["c_index_lesion"] = (harrell_c_index(lesion["time"], risk[has], lesion["event"])
+                                 if has.sum() >= 2 else math.nan)
+    except ValueError:
+        out["c_index_lesion"] = math.nan
     return out, float(q1), float(q2)
 
 

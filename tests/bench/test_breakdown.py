@@ -84,6 +84,22 @@ def test_aurocs_and_spearman_against_brute_force(rng):
     assert res["model"]["burden_spearman"] == pytest.approx(np.corrcoef(rb, rr)[0, 1])
 
 
+def test_lesion_c_index_is_nan_without_a_comparable_lesion_pair(rng):
+    """The lesion cases' C is undefined, not an error, when their only event is their longest time (a 12-case CI
+    draw of dummy6 hit this); the whole set's numbers are still computed."""
+    _, frame, _ = _cases(rng, n=40)
+    has = frame["lesion_volume_mm3"].to_numpy() > 0
+    lesion_times = frame.loc[has, "time"]
+    frame.loc[has, "event"] = (lesion_times == lesion_times.max()).astype(int)
+    frame.loc[~has, "event"] = 1
+    preds = _preds(frame, frame["expected_time"] * rng.uniform(0.8, 1.2, len(frame)))
+    res = breakdown(frame, preds)
+    assert np.isnan(res["model"]["c_index_lesion"]) and np.isnan(res["oracle"]["c_index_lesion"])
+    assert 0.0 <= res["model"]["c_index"] <= 1.0
+    frame.loc[has, "event"] = 1  # with a comparable lesion pair the C is a number again
+    assert 0.0 <= breakdown(frame, preds)["model"]["c_index_lesion"] <= 1.0
+
+
 def test_cli_writes_csv_and_json_and_reads_the_level(tmp_path, rng, capsys):
     level, frame, _ = _cases(rng, n=40)
     data = tmp_path / "fresh"
