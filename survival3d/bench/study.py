@@ -165,14 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = {k: variants[k] for k in args.only}
     fresh = spec.get("fresh")
     method = spec.get("explain_methods", "head_grid")
-    fresh_manifest = None
-    if fresh:
-        fdir = out / "fresh"
-        fresh_manifest = fdir / "manifest.csv"
-        if not fresh_manifest.exists():
-            _run([*CLI, "dummy", "--level", str(fresh["level"]), "--n", str(fresh["n"]), "--size",
-                  str(fresh["size"]), "--seed", str(fresh["seed"]), "--out", str(fdir), "--overwrite",
-                  "--no-progress"], out / "logs" / "fresh.log")
+    fresh_manifest = make_fresh(out, fresh) if fresh else None
 
     def one(variant: str, seed: int) -> dict:
         name = f"{variant}_s{seed}"
@@ -239,6 +232,24 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
                  for c in cols]
         lines.append(f"| {v} | {len(g)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def make_fresh(out: Path, fresh: dict) -> Path:
+    """Generate the study's fresh cases (``run.py dummy`` into ``out/fresh``) unless they exist; under ``out/.lock``,
+    so that two study processes started together generate them once (the second waits, then finds the manifest)
+    instead of one overwriting the files the other is reading."""
+    manifest = out / "fresh" / "manifest.csv"
+    lock = FolderLock(out)
+    while not lock.acquire():
+        time.sleep(0.2)
+    try:
+        if not manifest.exists():
+            _run([*CLI, "dummy", "--level", str(fresh["level"]), "--n", str(fresh["n"]), "--size",
+                  str(fresh["size"]), "--seed", str(fresh["seed"]), "--out", str(manifest.parent), "--overwrite",
+                  "--no-progress"], out / "logs" / "fresh.log")
+    finally:
+        lock.release()
+    return manifest
 
 
 def merge_rows(out: Path, table: pd.DataFrame, variant_order: list[str]) -> pd.DataFrame:

@@ -197,6 +197,42 @@ def test_two_processes_merging_rows_keep_each_others(tmp_path, rng):
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_study_processes_started_together_generate_the_fresh_cases_once(tmp_path, monkeypatch):
+    """make_fresh under out/.lock: of several study processes started at the same moment (threads with their own
+    flock here) one runs ``run.py dummy``, the others wait and find its manifest; a later call generates nothing."""
+    import threading
+    import time
+
+    calls = []
+
+    def fake_run(cmd, log):  # a slow generator that writes the manifest last, as ``run.py dummy`` does
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        time.sleep(0.3)
+        (out / "manifest.csv").write_text("id\n")
+
+    monkeypatch.setattr(study, "_run", fake_run)
+    (tmp_path / "logs").mkdir()
+    fresh = {"level": "dummy1", "n": 4, "size": 32, "seed": 9001}
+    start = threading.Barrier(4)
+    got = []
+
+    def go():
+        start.wait()
+        got.append(study.make_fresh(tmp_path, fresh))
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and "--seed" in calls[0] and calls[0][calls[0].index("--seed") + 1] == "9001"
+    assert got == [tmp_path / "fresh" / "manifest.csv"] * 4
+    study.make_fresh(tmp_path, fresh)
+    assert len(calls) == 1
+
+
 STUDIES = sorted((Path(__file__).resolve().parents[2] / "configs" / "studies").glob("*.yaml"))
 
 
