@@ -37,7 +37,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -234,21 +236,28 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+@contextmanager
+def _waiting_for_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` for the block, waiting while another study process holds it."""
+    lock = FolderLock(out)
+    while not lock.acquire():
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def make_fresh(out: Path, fresh: dict) -> Path:
     """Generate the study's fresh cases (``run.py dummy`` into ``out/fresh``) unless they exist; under ``out/.lock``,
     so that two study processes started together generate them once (the second waits, then finds the manifest)
     instead of one overwriting the files the other is reading."""
     manifest = out / "fresh" / "manifest.csv"
-    lock = FolderLock(out)
-    while not lock.acquire():
-        time.sleep(0.2)
-    try:
+    with _waiting_for_lock(out):
         if not manifest.exists():
             _run([*CLI, "dummy", "--level", str(fresh["level"]), "--n", str(fresh["n"]), "--size",
                   str(fresh["size"]), "--seed", str(fresh["seed"]), "--out", str(manifest.parent), "--overwrite",
                   "--no-progress"], out / "logs" / "fresh.log")
-    finally:
-        lock.release()
     return manifest
 
 
@@ -256,10 +265,7 @@ def merge_rows(out: Path, table: pd.DataFrame, variant_order: list[str]) -> pd.D
     """Merge this call's rows into ``out/study.csv`` (rows of other variants and seeds are kept) and rewrite
     ``summary.md``, both atomically and under ``out/.lock``: two study processes on one folder (say two variants at
     once) each add their rows instead of the last writer dropping the other's."""
-    lock = FolderLock(out)
-    while not lock.acquire():
-        time.sleep(0.2)
-    try:
+    with _waiting_for_lock(out):
         csv = out / "study.csv"
         if csv.exists():
             old = pd.read_csv(csv)
@@ -271,8 +277,6 @@ def merge_rows(out: Path, table: pd.DataFrame, variant_order: list[str]) -> pd.D
                                   if c.name == "variant" else c, kind="stable").reset_index(drop=True)
         write_csv(csv, table)
         write_text(out / "summary.md", "\n".join(summary_lines(table)) + "\n")
-    finally:
-        lock.release()
     return table
 
 
