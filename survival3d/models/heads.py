@@ -21,7 +21,8 @@ __all__ = ["HEADS", "SoftminHead", "MeanPoolHead", "cubelet_valid_mask", "masked
            "masked_harmonic_mean"]
 
 HEADS: Registry[nn.Module] = Registry("head")
-HEAD_CONTEXTS = ("none", "mean")  # what each cubelet's time sees besides its own token (SoftminHead ``context``)
+# what each cubelet's time sees besides its own token (SoftminHead ``context``): the valid tokens pooled by these
+HEAD_CONTEXTS = {"none": (), "mean": ("mean",), "max": ("max",), "mean_max": ("mean", "max")}
 HEAD_AGGREGATES = ("weighted_mean", "mean_hazard", "mean_rate")  # how SoftminHead turns the cubelets' times into one (``aggregate``)
 
 
@@ -162,7 +163,10 @@ class SoftminHead(nn.Module):
     With ``context="mean"`` every cubelet also sees the whole volume: :math:`\ell_i = \operatorname{softplus}(s \cdot
     \mathrm{MLP}([\mathrm{LN}(x_i), \mathrm{LN}_g(\bar x)]) + b)` with :math:`\bar x = \frac{1}{|V|}\sum_{j \in V}
     x_j` the mean valid token, so the winning cubelet's time can depend on how much of the volume is diseased (several
-    nodules, a pattern's extent) while p still points at the cubelets that are.
+    nodules, a pattern's extent) while p still points at the cubelets that are. ``context="max"`` uses the channel-wise
+    maximum over the valid tokens instead of :math:`\bar x` (a rare finding, one small nodule among hundreds of lung
+    cubelets, is not diluted by |V|: each channel's gradient reaches its arg-max token whole), and ``"mean_max"`` both,
+    :math:`\mathrm{LN}_g([\bar x, \max_V x])`.
 
     With ``aggregate="mean_hazard"`` the volume's time is the log-mean-exp soft minimum of
     :func:`masked_soft_minimum`, :math:`\hat\mu = -\beta^{-1} \log \operatorname{mean}_V e^{-\beta \ell_i}`, instead of
@@ -211,8 +215,8 @@ class SoftminHead(nn.Module):
             and p, :math:`\hat\mu` and the regularisers use the fine grid (``p``/``loc``/``valid`` are returned on
             it). The map's peak then sits at the sub-cubelet nearest the neighbouring low-loc cubelets instead of the
             centre of a rim cubelet.
-        context: ``"none"`` (each cubelet's time from its own token) or ``"mean"`` (its token and the mean valid
-            token of the volume, above).
+        context: ``"none"`` (each cubelet's time from its own token), ``"mean"`` (its token and the mean valid
+            token of the volume, above), ``"max"`` (its token and the channel-wise maximum) or ``"mean_max"``.
         aggregate: ``"weighted_mean"`` (:math:`\sum_i p_i \ell_i`), ``"mean_hazard"`` or ``"mean_rate"`` (above).
     """
 
@@ -242,8 +246,10 @@ class SoftminHead(nn.Module):
         self.loc_scale = float(loc_scale)
         self.entropy_weight = float(entropy_weight)
         self.smooth_weight = float(smooth_weight)
-        self.context_norm = nn.LayerNorm(in_dim) if context == "mean" else None
-        self.mlp = _MLP(in_dim * (2 if context == "mean" else 1), hidden, 1, bias=False)
+        self._pools = HEAD_CONTEXTS[context]
+        k = len(self._pools)
+        self.context_norm = nn.LayerNorm(k * in_dim) if k else None
+        self.mlp = _MLP(in_dim * (1 + k), hidden, 1, bias=False)
         self.log_beta = nn.Parameter(torch.tensor(math.log(beta_init)), requires_grad=learn_beta)
         self.loc_bias = nn.Parameter(torch.tensor(float(loc_bias_init)), requires_grad=learn_loc_bias)
         # a buffer, not a float attribute: changing it must not recompile a compiled model; not saved with the weights
@@ -261,12 +267,12 @@ class SoftminHead(nn.Module):
 
     def locs(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, d, h, w) tokens -> (B, 1, d, h, w) float32 per-cubelet times (> 0). ``valid`` ((1 or B, 1, d, h, w)
-        bool) is needed with ``context="mean"``, which averages the valid tokens."""
+        bool) is needed with a ``context`` other than ``"none"``, which pools the valid tokens."""
         x = tokens.movedim(1, -1)
         if self.context_norm is not None:
             if valid is None:
-                raise ValueError("a head with context='mean' needs the valid cubelets.")
-            g = _masked_mean(tokens, valid)
+                raise ValueError(f"a head with context={self.context!r} needs the valid cubelets.")
+            g = torch.cat([_CONTEXT_POOLS[name](tokens, valid) for name in self._pools], 1)
             g = self.context_norm(g.to(x.dtype))[:, None, None, None, :].expand(*x.shape[:-1], -1)
             x = torch.cat([x, g], -1)
         raw = self.mlp(x).float().movedim(-1, 1)
@@ -302,6 +308,19 @@ def _masked_mean(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(B, C, d, h, w) tokens, (1 or B, 1, d, h, w) bool -> (B, C) float32 mean of the valid tokens."""
     w = valid.to(torch.float32).expand(tokens.shape[0], 1, *tokens.shape[2:])
     return (tokens.float() * w).flatten(2).sum(2) / w.flatten(2).sum(2).clamp_min(1.0)
+
+
+def _masked_max(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, C, d, h, w) tokens, (1 or B, 1, d, h, w) bool -> (B, C) float32 channel-wise maximum over the valid tokens
+    (0 for a volume without one). The gradient of each channel goes to its arg-max token alone, undiluted by the number
+    of cubelets (the mean gives each token 1/|V| of it): a rare feature, one nodule among ~700 lung cubelets, reaches
+    every cubelet's time at full strength."""
+    v = valid.expand(tokens.shape[0], 1, *tokens.shape[2:]).flatten(2)
+    x = tokens.float().flatten(2).masked_fill(~v, float("-inf")).amax(2)
+    return torch.where(v.any(2), x, torch.zeros_like(x))
+
+
+_CONTEXT_POOLS = {"mean": _masked_mean, "max": _masked_max}
 
 
 def _masked_upsample(loc: torch.Tensor, valid: torch.Tensor, f: int) -> torch.Tensor:

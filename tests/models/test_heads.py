@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from survival3d.models.heads import (
     HEAD_AGGREGATES,
+    HEAD_CONTEXTS,
     HEADS,
     RATE_LOC_MIN,
     SoftminHead,
@@ -98,10 +99,11 @@ def test_entropy_and_smoothness_regularisers():
     assert res["reg_loss"].item() == pytest.approx((0.3 * ent + 0.01 * smooth).item(), rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize("context", HEAD_CONTEXTS)
 @pytest.mark.parametrize("aggregate", HEAD_AGGREGATES)
 @pytest.mark.parametrize("name", HEADS.keys())
-def test_every_head_shapes_and_grads(name, aggregate):
-    head = HEADS.build({"name": name, "hidden": [8], "aggregate": aggregate}, in_dim=12)
+def test_every_head_shapes_and_grads(name, aggregate, context):
+    head = HEADS.build({"name": name, "hidden": [8], "aggregate": aggregate, "context": context}, in_dim=12)
     tokens = torch.randn(3, 12, 2, 3, 4, requires_grad=True)
     res = head(tokens, _valid(3, (2, 3, 4)))
     assert res["pred"].shape == (3,) and (res["pred"] > 0).all()
@@ -255,10 +257,50 @@ def test_context_mean_sees_the_valid_volume_only():
     tokens.requires_grad_(True)
     head(tokens, valid)["pred"].sum().backward()
     assert torch.isfinite(tokens.grad).all() and tokens.grad[:, :, 2].abs().max() == 0
-    with pytest.raises(ValueError, match="context must be one of none, mean"):
-        SoftminHead(8, context="max")
+    with pytest.raises(ValueError, match="context must be one of none, mean, max, mean_max"):
+        SoftminHead(8, context="median")
     with pytest.raises(ValueError, match="needs the valid cubelets"):
         head.locs(tokens)
+
+
+@pytest.mark.parametrize("context", ["max", "mean_max"])
+def test_context_max_pools_the_valid_tokens_channel_wise(context):
+    """context='max' / 'mean_max': each cubelet's time sees LN_g of the channel-wise max (and the mean) of the valid
+    tokens, by hand; invalid cubelets never count, even when they hold the largest values; each channel's gradient
+    through the pooled vector reaches its arg-max valid token alone, at full size."""
+    torch.manual_seed(torch.seed() % 2**31)
+    head = SoftminHead(8, hidden=[8], context=context)
+    tokens = torch.randn(2, 8, 3, 3, 3)
+    valid = torch.rand(2, 1, 3, 3, 3) < 0.6
+    valid[:, :, 0, 0, 0] = True
+    tokens = tokens.masked_fill(~valid, 50.0)  # invalid cubelets hold the largest values
+    with torch.no_grad():
+        out = head(tokens, valid)
+        x = tokens.movedim(1, -1)
+        pooled = []
+        for b in range(2):
+            v = tokens[b].flatten(1)[:, valid[b, 0].flatten()]
+            pooled.append(torch.cat(([v.mean(1)] if context == "mean_max" else []) + [v.max(1).values]))
+        g = head.context_norm(torch.stack(pooled))
+        z = torch.cat([x, g[:, None, None, None, :].expand(*x.shape[:-1], -1)], -1)
+        ln, lin1, act, lin2 = head.mlp
+        ref = torch.nn.functional.softplus(head.loc_scale * lin2(act(lin1(ln(z)))) + head.loc_bias).movedim(-1, 1)
+        torch.testing.assert_close(out["loc"], ref)
+        assert head.mlp[0].normalized_shape == ((3 if context == "mean_max" else 2) * 8,)
+    # the pooled vector's gradient: one token per channel for max, and none through invalid cubelets
+    t = tokens.clone().requires_grad_(True)
+    from survival3d.models.heads import _masked_max
+    w = torch.randn(2, 8)
+    (w * _masked_max(t, valid)).sum().backward()
+    assert (t.grad != 0).flatten(2).sum(2).le(1).all() and t.grad.masked_select(~valid.expand_as(t)).abs().max() == 0
+    torch.testing.assert_close(t.grad.flatten(2).sum(2), w)
+    arg = tokens.masked_fill(~valid, float("-inf")).flatten(2).argmax(2)  # where each channel's gradient must land
+    torch.testing.assert_close(t.grad.flatten(2).gather(2, arg[..., None])[..., 0], w)
+    tokens.requires_grad_(True)
+    head(tokens, valid)["pred"].sum().backward()
+    assert torch.isfinite(tokens.grad).all() and tokens.grad.masked_select(~valid.expand_as(tokens)).abs().max() == 0
+    # a volume without a valid cubelet pools to 0, not -inf
+    assert torch.equal(_masked_max(tokens, torch.zeros_like(valid)), torch.zeros(2, 8))
 
 
 def test_beta_warmup_scale_acts_in_training_only():
