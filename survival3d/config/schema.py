@@ -129,7 +129,7 @@ class HeadConfig:
     entropy_weight: float = 0.0  # w * sum p log p (w > 0 spreads p, w < 0 sharpens it)
     smooth_weight: float = 0.0  # w * mean squared loc difference between neighbouring cubelets
     map_upsample: int = 1  # softmin map on a grid this many times finer than the cubelets (loc trilinear between centres)
-    context: str = "none"  # softmin: none | mean | max | mean_max (each cubelet's time also sees the valid tokens pooled)
+    context: str = "none"  # softmin: none | mean | max | mean_max (each cubelet also sees the pooled valid tokens)
     aggregate: str = "weighted_mean"  # softmin: weighted_mean (sum p loc) | mean_hazard (log-mean-exp) | mean_rate (harmonic mean): the burden adds up
 
 
