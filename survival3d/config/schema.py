@@ -110,6 +110,7 @@ class ModelConfig:
     vq_codes: int = 0  # > 0: vector-quantise the encoder's output tokens with this many codes (0 = continuous)
     vq_decay: float = 0.99  # EMA decay of the codebook (0 = learn it by gradient)
     vq_commitment: float = 0.25  # commitment weight beta of the VQ loss
+    covariate_aft: bool = False  # a linear covariate term on log-time: pred x exp(w . covariates) (needs covariates)
     init: Optional[str] = None  # pretrained encoder: a run folder of run.py pretrain/train or a .pt checkpoint
     attention: Any = "none"  # local attention in every block: none | se | cbam | featureact, or {name: se, reduction: 8}
 

@@ -9,6 +9,7 @@ One split owns one run folder (``runs/<name>`` or ``runs/<name>/fold{k}``)::
     checkpoints/best.pt   the epoch with the best ``train.early_stop_metric``
     predictions.csv       id,time,event,pred_time,risk[,expected_time] of the final model on validation (times in
                           the data's unit)
+    covariate_effects.csv the learned covariate term on log-time (``model.covariate_aft``; :func:`covariate_effects`)
     final_metrics.json    c_index, mae_uncensored, mae_censored, val_loss[, c_index_oracle], epochs, time, time_unit,
                           time_grid...
     heatmap/              softmin p of a validation case with a lesion (``explain.callbacks.HeatmapCallback``,
@@ -52,7 +53,7 @@ from survival3d.metrics.validation import METRIC_MODES, validation_metrics
 from survival3d.registry import did_you_mean
 from survival3d.runtime import autocast
 
-__all__ = ["SurvivalTask", "train_split", "METRICS_COLUMNS"]
+__all__ = ["SurvivalTask", "train_split", "METRICS_COLUMNS", "covariate_effects"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,34 @@ def diagnostics(model: torch.nn.Module, loss_fn: torch.nn.Module, sums: dict[str
             n = sums.get(f"n_{name}", 0.0)
             out[name] = sums[name] / n if n > 0 else float("nan")
     return out
+
+
+def covariate_effects(shift: torch.nn.Module, encoder: CovariateEncoder):
+    """The learned covariate term on log-time (``model.covariate_aft``) as a table a person can read.
+
+    One row per numeric column per unit and per training-split standard deviation (the coefficient divided by, and
+    as learned on, the standardised column), and one row per known level of each categorical column against its first
+    level (sorted; the 'unknown' slot is left out). ``time_ratio = exp(log_time_coef)``: the factor on the predicted
+    time, > 1 longer survival.
+
+    Returns:
+        a DataFrame with columns ``covariate``, ``term``, ``log_time_coef``, ``time_ratio``.
+    """
+    import pandas as pd
+
+    rows = []
+    if shift.numeric is not None:
+        w = shift.numeric.weight.detach().double().cpu().numpy()[0]
+        for j, col in enumerate(encoder.numeric):
+            sd = float(encoder.std[j])
+            rows += [(col, "per unit", w[j] / sd), (col, f"per sd ({sd:.4g})", w[j])]
+    for j, col in enumerate(encoder.categorical):
+        c = shift.levels[j].weight.detach().double().cpu().numpy()[:, 0]
+        levels = encoder.levels[j]
+        rows += [(col, f"{lv} vs {levels[0]}", c[i + 1] - c[1]) for i, lv in enumerate(levels) if i > 0]
+    frame = pd.DataFrame(rows, columns=["covariate", "term", "log_time_coef"])
+    frame["time_ratio"] = np.exp(frame["log_time_coef"].to_numpy(dtype=np.float64))
+    return frame
 
 
 class _ModelAndLoss(torch.nn.Module):
@@ -350,6 +379,8 @@ class SurvivalTask(Task):
         if engine.dist.is_main:
             run_dir = engine.run_dir
             write_csv(run_dir / "predictions.csv", predictions_frame(arrays))  # full precision: the C-index recomputes
+            if getattr(self.model, "covariate_shift", None) is not None:
+                write_csv(run_dir / "covariate_effects.csv", covariate_effects(self.model.covariate_shift, self.encoder))
             final.update(engine.collect("on_final_model"))  # e.g. the closing heatmap (explain.HeatmapCallback)
             write_json(run_dir / "final_metrics.json", _json_safe(final))
         return final

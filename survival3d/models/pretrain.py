@@ -117,7 +117,7 @@ class MaskedCubeletAutoencoder(nn.Module):
 
     Args:
         in_channels ... max_windows_per_call, vq_codes, vq_decay, vq_commitment: the ``model.*`` keys, as for
-            :class:`~survival3d.models.SurvivalNet3D` (``film``/``film_hidden``/``name`` are accepted and unused:
+            :class:`~survival3d.models.SurvivalNet3D` (``film``/``film_hidden``/``covariate_aft``/``name`` are accepted and unused:
             pretraining has no covariates).
         mask_ratio: fraction of valid cubelets hidden per volume.
         decoder_dim, decoder_depth, decoder_heads: the decoder's token width, window blocks (0: per-cubelet MLP
@@ -142,7 +142,8 @@ class MaskedCubeletAutoencoder(nn.Module):
                  film: bool = True, film_hidden: int = 64, global_residual: bool = True, use_checkpoint: bool = False,
                  max_windows_per_call: int = MAX_WINDOWS_PER_CALL, attention: str | Mapping[str, Any] = "none",
                  vq_codes: int = 0, vq_decay: float = 0.99, vq_commitment: float = 0.25, mask_ratio: float = 0.6, decoder_dim: int = 48, decoder_depth: int = 1,
-                 decoder_heads: int = 3, norm_target: bool = True, name: str | None = None):
+                 decoder_heads: int = 3, norm_target: bool = True, covariate_aft: bool = False,
+                 name: str | None = None):
         super().__init__()
         if not 0.0 < float(mask_ratio) < 1.0:
             raise ValueError(f"pretrain.mask_ratio must be in (0, 1), got {mask_ratio}.")

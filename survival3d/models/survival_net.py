@@ -12,7 +12,7 @@ from torch import nn
 
 from survival3d.errors import ConfigError
 from survival3d.layers.attention import ATTENTION
-from survival3d.models.blocks import Conv3dPatchEmbed, VectorQuantizer
+from survival3d.models.blocks import Conv3dPatchEmbed, CovariateLogTimeShift, VectorQuantizer
 from survival3d.models.blocks.window_attention import MAX_WINDOWS_PER_CALL
 from survival3d.models.heads import HEADS, cubelet_valid_mask
 from survival3d.models.nets import WindowTransformer3D
@@ -45,6 +45,10 @@ class SurvivalNet3D(nn.Module):
         vq_codes: quantise the transformer's output tokens with a codebook of this many codes
             (:class:`~survival3d.models.blocks.VectorQuantizer`; 0 = continuous tokens, the default); ``vq_decay``
             and ``vq_commitment`` are its EMA decay and commitment weight. The VQ loss is added to ``reg_loss``.
+        covariate_aft: add a linear covariate term to log-time (:class:`CovariateLogTimeShift`, zero at
+            initialisation): ``pred`` and ``loc`` are multiplied by :math:`e^{s(x)}`, ``p`` is the head's map (a factor
+            common to every cubelet does not move *where*). Covariates then act on the time directly, as in an
+            accelerated failure time model, besides their FiLM path through the image features. Needs covariates.
         name: accepted for config round-trips (the registry key).
 
     Forward:
@@ -67,7 +71,7 @@ class SurvivalNet3D(nn.Module):
                  attention: str | Mapping[str, Any] = "none",
                  head: str | Mapping[str, Any] = "softmin", covariate_spec: CovariateSpec | None = None,
                  vq_codes: int = 0, vq_decay: float = 0.99, vq_commitment: float = 0.25,
-                 name: str | None = None):
+                 covariate_aft: bool = False, name: str | None = None):
         super().__init__()
         self.covariate_spec = covariate_spec or CovariateSpec()
         self.patch_size = int(patch_size)
@@ -86,6 +90,11 @@ class SurvivalNet3D(nn.Module):
         # built last, and only when asked for: the default model's parameters and their initialisation are unchanged
         self.quantizer = (VectorQuantizer(embed_dim, int(vq_codes), decay=vq_decay, commitment=vq_commitment)
                           if int(vq_codes) > 0 else None)
+        if covariate_aft and self.covariate_spec.empty:
+            raise ConfigError("model.covariate_aft needs covariates (data.covariates.numeric / categorical); "
+                              "this model has none.")
+        self.covariate_shift = (CovariateLogTimeShift(self.covariate_spec.num_numeric, self.covariate_spec.cardinalities)
+                                if covariate_aft else None)
 
     @staticmethod
     def _featureact_grid(attention: Any, img_size: Sequence[int] | None, patch_size: int) -> int | None:
@@ -130,9 +139,14 @@ class SurvivalNet3D(nn.Module):
         lung_frac = None if lung_mask is None else self.lung_fraction(lung_mask)
         valid = cubelet_valid_mask(pad_valid, lung_frac, self.head.lung_frac_min).expand(image.shape[0], -1, -1, -1, -1)
         h = self.head(out, valid)
+        pred, loc = h["pred"], h["loc"]
+        if self.covariate_shift is not None:  # the AFT term: every time of the volume scaled by e^s
+            factor = self.covariate_shift(cov_num, cov_cat).exp()
+            pred = pred * factor
+            loc = None if loc is None else loc * factor.reshape(-1, *(1,) * (loc.ndim - 1))
         reg_loss = h["reg_loss"]
         if vq_loss is not None:
             reg_loss = vq_loss if reg_loss is None else reg_loss + vq_loss
         features = {"embed": tokens, **{f"block{i}": b for i, b in enumerate(blocks)}, "tokens": out}
-        return SurvivalOutput(pred=h["pred"], risk=-h["pred"], p=h["p"], loc=h["loc"], valid=h["valid"],
+        return SurvivalOutput(pred=pred, risk=-pred, p=h["p"], loc=loc, valid=h["valid"],
                               reg_loss=reg_loss, features=features)

@@ -60,13 +60,14 @@ def test_channels_last_input_same_output():
 
 
 @pytest.mark.parametrize("head", HEADS.keys())
-@pytest.mark.parametrize("with_cov", [False, True])
+@pytest.mark.parametrize("with_cov", [False, True, "aft"])
 def test_every_parameter_gets_a_gradient(head, with_cov):
     spec = CovariateSpec(2, [3]) if with_cov else None
     extra = ["head.entropy_weight=0.01", "head.smooth_weight=0.001"] if head == "softmin" else []
+    extra += ["model.covariate_aft=true"] if with_cov == "aft" else []
     model = build_model(_cfg(f"head.name={head}", "model.pos_embed=learnable", "model.stem_convs=2", *extra), spec,
                         img_size=(16, 16, 16))
-    assert model.uses_film == with_cov
+    assert model.uses_film == bool(with_cov)
     cov = _cov(2, spec) if with_cov else (None, None)
     x = torch.rand(2, 1, 16, 16, 16)
     # FiLM's output layer is zero at init (identity), so its encoder gets zero gradient until that layer moves:
@@ -139,3 +140,56 @@ def test_training_after_inference_mode_forward():
     out = model(x)
     out.pred.sum().backward()
     assert model.head.loc_bias.grad is not None
+
+
+def test_covariate_log_time_shift_closed_form():
+    """s = w . x_num + sum_j c_j[x_cat_j], against a float64 sum at random coefficients and fresh inputs."""
+    from survival3d.models.blocks import CovariateLogTimeShift
+
+    shift = CovariateLogTimeShift(3, [2, 5])
+    assert all((prm == 0).all() for prm in shift.parameters())  # zero at initialisation
+    w, c0, c1 = torch.randn(3, dtype=torch.float64), torch.randn(2, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    with torch.no_grad():
+        shift.numeric.weight.copy_(w[None])
+        shift.levels[0].weight.copy_(c0[:, None])
+        shift.levels[1].weight.copy_(c1[:, None])
+    num, cat = torch.randn(7, 3), torch.stack([torch.randint(0, 2, (7,)), torch.randint(0, 5, (7,))], 1)
+    want = num.double() @ w + c0[cat[:, 0]] + c1[cat[:, 1]]
+    torch.testing.assert_close(shift(num, cat).double(), want, rtol=1e-6, atol=1e-6)
+    only_cat = CovariateLogTimeShift(0, [4])
+    assert only_cat(None, torch.randint(0, 4, (3, 1))).shape == (3,)
+    with pytest.raises(ValueError, match="cov_cat"):
+        shift(num, None)
+    with pytest.raises(ValueError, match=r"cov_num of shape \(B, 3\)"):
+        shift(num[:, :2], cat)
+    with pytest.raises(ValueError, match="at least one"):
+        CovariateLogTimeShift(0, [])
+
+
+@pytest.mark.parametrize("aggregate", ["weighted_mean", "mean_hazard", "mean_rate"])
+def test_covariate_aft_scales_every_time_and_keeps_the_map(aggregate):
+    """model.covariate_aft: identical to the model without it at initialisation; with coefficients set, pred and loc
+    are the plain model's times x e^s (s from the covariates alone) and p is unchanged."""
+    spec = CovariateSpec(2, [3])
+    cfg = [f"head.aggregate={aggregate}", "head.beta_init=0.7"]
+    aft = build_model(_cfg(*cfg, "model.covariate_aft=true"), spec).eval()
+    plain = build_model(_cfg(*cfg), spec).eval()
+    plain.load_state_dict({k: v for k, v in aft.state_dict().items() if not k.startswith("covariate_shift.")})
+    x, (num, cat) = torch.rand(3, 1, 16, 16, 16), _cov(3, spec)
+    with torch.no_grad():
+        base = plain(x, num, cat)
+        torch.testing.assert_close(aft(x, num, cat).pred, base.pred, rtol=0, atol=0)
+        aft.covariate_shift.numeric.weight.normal_()
+        aft.covariate_shift.levels[0].weight.normal_()
+        out = aft(x, num, cat)
+    s = (num.double() @ aft.covariate_shift.numeric.weight[0].double()
+         + aft.covariate_shift.levels[0].weight[cat[:, 0], 0].double())
+    torch.testing.assert_close(out.pred.double(), base.pred.double() * s.exp(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(out.loc.double(), base.loc.double() * s.exp().reshape(-1, 1, 1, 1, 1), rtol=1e-5, atol=0)
+    torch.testing.assert_close(out.p, base.p, rtol=0, atol=0)
+    torch.testing.assert_close(out.risk, -out.pred)
+
+
+def test_covariate_aft_needs_covariates():
+    with pytest.raises(ConfigError, match="model.covariate_aft needs covariates"):
+        build_model(_cfg("model.covariate_aft=true"), CovariateSpec())

@@ -1,6 +1,6 @@
 """Reusable building blocks of the 3D survival models (MONAI layering: blocks here, whole models in ``nets``)."""
 
-from survival3d.models.blocks.film import CovariateEmbedding, FiLM, embedding_dim_for
+from survival3d.models.blocks.film import CovariateEmbedding, CovariateLogTimeShift, FiLM, embedding_dim_for
 from survival3d.models.blocks.patch_embed import Conv3dPatchEmbed, LayerNormChannels3d, sincos_pos_embed_3d
 from survival3d.models.blocks.transformer import WindowTransformerBlock3D
 from survival3d.models.blocks.vq import VectorQuantizer
@@ -16,6 +16,7 @@ from survival3d.models.blocks.window_attention import (
 __all__ = [
     "Conv3dPatchEmbed",
     "CovariateEmbedding",
+    "CovariateLogTimeShift",
     "FiLM",
     "LayerNormChannels3d",
     "MAX_WINDOWS_PER_CALL",
