@@ -23,6 +23,18 @@ def embedding_dim_for(cardinality: int, max_dim: int = 16) -> int:
     return int(max(1, min(max_dim, round(1.6 * cardinality ** 0.56))))
 
 
+def _checked_columns(num_numeric: int, cardinalities: Sequence[int], owner: str) -> list[int]:
+    """The categorical cardinalities as ints; ValueError unless there is at least one valid column."""
+    cardinalities = [int(c) for c in cardinalities]
+    if num_numeric < 0:
+        raise ValueError(f"num_numeric must be >= 0, got {num_numeric}.")
+    if any(c < 1 for c in cardinalities):
+        raise ValueError(f"every categorical cardinality must be >= 1, got {cardinalities}.")
+    if num_numeric == 0 and not cardinalities:
+        raise ValueError(f"{owner} needs at least one numeric or categorical column.")
+    return cardinalities
+
+
 def _check_covariates(cov_num: torch.Tensor | None, cov_cat: torch.Tensor | None, num_numeric: int,
                       num_categorical: int) -> None:
     """ValueError unless ``cov_num`` is (B, num_numeric) and ``cov_cat`` (B, num_categorical) where those are > 0."""
@@ -49,13 +61,7 @@ class CovariateEmbedding(nn.Module):
 
     def __init__(self, num_numeric: int = 0, cardinalities: Sequence[int] = (), *, hidden: int = 64):
         super().__init__()
-        cardinalities = [int(c) for c in cardinalities]
-        if num_numeric < 0:
-            raise ValueError(f"num_numeric must be >= 0, got {num_numeric}.")
-        if any(c < 1 for c in cardinalities):
-            raise ValueError(f"every categorical cardinality must be >= 1, got {cardinalities}.")
-        if num_numeric == 0 and not cardinalities:
-            raise ValueError("CovariateEmbedding needs at least one numeric or categorical column.")
+        cardinalities = _checked_columns(num_numeric, cardinalities, "CovariateEmbedding")
         if hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {hidden}.")
         self.num_numeric = int(num_numeric)
@@ -139,13 +145,7 @@ class CovariateLogTimeShift(nn.Module):
 
     def __init__(self, num_numeric: int = 0, cardinalities: Sequence[int] = ()):
         super().__init__()
-        cardinalities = [int(c) for c in cardinalities]
-        if num_numeric < 0:
-            raise ValueError(f"num_numeric must be >= 0, got {num_numeric}.")
-        if any(c < 1 for c in cardinalities):
-            raise ValueError(f"every categorical cardinality must be >= 1, got {cardinalities}.")
-        if num_numeric == 0 and not cardinalities:
-            raise ValueError("CovariateLogTimeShift needs at least one numeric or categorical column.")
+        cardinalities = _checked_columns(num_numeric, cardinalities, "CovariateLogTimeShift")
         self.num_numeric = int(num_numeric)
         self.cardinalities = cardinalities
         self.numeric = nn.Linear(num_numeric, 1, bias=False) if num_numeric else None
