@@ -193,3 +193,19 @@ def test_covariate_aft_scales_every_time_and_keeps_the_map(aggregate):
 def test_covariate_aft_needs_covariates():
     with pytest.raises(ConfigError, match="model.covariate_aft needs covariates"):
         build_model(_cfg("model.covariate_aft=true"), CovariateSpec())
+
+
+def test_covariate_shift_stays_float32_under_bf16_autocast():
+    """The log-time shift is exact float32 under bf16 autocast (a bf16 matmul would round it to ~3 digits)."""
+    from survival3d.models.blocks import CovariateLogTimeShift
+
+    shift = CovariateLogTimeShift(4, [3])
+    with torch.no_grad():
+        shift.numeric.weight.normal_()
+        shift.levels[0].weight.normal_()
+    num, cat = torch.randn(5, 4), torch.randint(0, 3, (5, 1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = shift(num, cat)
+    want = num.double() @ shift.numeric.weight[0].double() + shift.levels[0].weight[cat[:, 0], 0].double()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
