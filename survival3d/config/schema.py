@@ -86,6 +86,7 @@ class ModelConfig:
     in_channels: int = 1
     patch_size: int = 4  # cubelet edge in voxels (4 for 32^3 dummy volumes -> 8^3 cubelets; 8-16 for CT)
     stem_convs: int = 1  # convolutions in the Conv3dPatchEmbed stem (first n-1 are 3^3 stride 2)
+    dot_filter_sigmas: list[float] = field(default_factory=list)  # Hessian blob filter scales (voxels) -> extra channel
     embed_dim: int = 48
     embed_norm: bool = True  # LayerNorm on the cubelet tokens
     embed_mean_intensity: bool = True  # add each cubelet's mean intensity back after the LN (docs/model.md)

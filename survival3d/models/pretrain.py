@@ -134,7 +134,8 @@ class MaskedCubeletAutoencoder(nn.Module):
         ``codes`` (B, d, h, w) or ``None``.
     """
 
-    def __init__(self, *, in_channels: int = 1, patch_size: int = 4, stem_convs: int = 1, embed_dim: int = 48,
+    def __init__(self, *, in_channels: int = 1, patch_size: int = 4, stem_convs: int = 1,
+                 dot_filter_sigmas: Sequence[float] = (), embed_dim: int = 48,
                  embed_norm: bool = True, embed_mean_intensity: bool = True, embed_std_intensity: bool = False,
                  pos_embed: str = "sincos", img_size: Sequence[int] | None = None, depth: int = 2, num_heads: int = 3,
                  window_size: int = 4, shift: bool = True, rel_pos_bias: bool = True, mlp_ratio: float = 4.0,
@@ -150,6 +151,7 @@ class MaskedCubeletAutoencoder(nn.Module):
         self.in_channels, self.patch_size = int(in_channels), int(patch_size)
         self.mask_ratio, self.norm_target = float(mask_ratio), bool(norm_target)
         self.embed = Conv3dPatchEmbed(in_channels, embed_dim, patch_size, stem_convs=stem_convs, pos_embed=pos_embed,
+                                      dot_filter_sigmas=dot_filter_sigmas,
                                       norm=embed_norm, mean_intensity=embed_mean_intensity,
                                       std_intensity=embed_std_intensity, img_size=img_size)
         # the survival model's encoder, block attention included, so that its weights load by name when fine-tuning

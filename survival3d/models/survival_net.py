@@ -61,7 +61,8 @@ class SurvivalNet3D(nn.Module):
         :class:`SurvivalOutput` with features ``"embed"``, ``"block{i}"``, ``"tokens"`` (B, C, d, h, w).
     """
 
-    def __init__(self, *, in_channels: int = 1, patch_size: int = 4, stem_convs: int = 1, embed_dim: int = 48,
+    def __init__(self, *, in_channels: int = 1, patch_size: int = 4, stem_convs: int = 1,
+                 dot_filter_sigmas: Sequence[float] = (), embed_dim: int = 48,
                  embed_norm: bool = True, embed_mean_intensity: bool = True,
                  embed_std_intensity: bool = False, pos_embed: str = "sincos", img_size: Sequence[int] | None = None, depth: int = 2,
                  num_heads: int = 3, window_size: int = 4, shift: bool = True, rel_pos_bias: bool = True,
@@ -76,6 +77,7 @@ class SurvivalNet3D(nn.Module):
         self.covariate_spec = covariate_spec or CovariateSpec()
         self.patch_size = int(patch_size)
         self.embed = Conv3dPatchEmbed(in_channels, embed_dim, patch_size, stem_convs=stem_convs, pos_embed=pos_embed,
+                                      dot_filter_sigmas=dot_filter_sigmas,
                                       norm=embed_norm, mean_intensity=embed_mean_intensity,
                                       std_intensity=embed_std_intensity,
                                       img_size=img_size)

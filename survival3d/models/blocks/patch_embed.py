@@ -10,10 +10,13 @@ patch size, so a cubelet's token sees only its own voxels.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from survival3d.models.blocks.hessian import HessianDotFilter
 
 __all__ = ["Conv3dPatchEmbed", "LayerNormChannels3d", "sincos_pos_embed_3d", "POS_EMBEDS"]
 
@@ -82,6 +85,10 @@ class Conv3dPatchEmbed(nn.Module):
             LayerNorm also removes the token's scale, which for a zero-mean texture is its amplitude: a lesion that
             differs from its surround only by texture (dummy4) is invisible without this path. Off by default.
         min_valid_frac: fraction of real voxels a cubelet needs to be valid.
+        dot_filter_sigmas: scales (voxels) of a fixed multi-scale Hessian dot filter
+            (:class:`~survival3d.models.blocks.hessian.HessianDotFilter`, bright blobs over tubes and plates) whose
+            response is fed to the stem and the intensity paths as one extra channel per input channel; empty (the
+            default): none. The filter has no parameters and passes no gradient.
 
     Forward:
         x: (B, in_channels, D, H, W), contiguous or channels-last-3d.
@@ -93,7 +100,7 @@ class Conv3dPatchEmbed(nn.Module):
     def __init__(self, in_channels: int = 1, embed_dim: int = 48, patch_size: int = 8, *, stem_convs: int = 1,
                  pos_embed: str = "sincos", img_size: tuple[int, int, int] | list[int] | None = None,
                  norm: bool = True, mean_intensity: bool = True, std_intensity: bool = False,
-                 min_valid_frac: float = 0.5):
+                 min_valid_frac: float = 0.5, dot_filter_sigmas: Sequence[float] = ()):
         super().__init__()
         if in_channels < 1 or embed_dim < 1:
             raise ValueError(f"in_channels {in_channels} and embed_dim {embed_dim} must be positive.")
@@ -122,6 +129,8 @@ class Conv3dPatchEmbed(nn.Module):
         self.embed_dim = int(embed_dim)
         self.min_valid_frac = float(min_valid_frac)
         self.pos_embed_kind = pos_embed
+        self.dot_filter = HessianDotFilter(dot_filter_sigmas) if len(dot_filter_sigmas) else None
+        in_channels = in_channels * (2 if self.dot_filter is not None else 1)  # the image, then its dot response
 
         layers: list[nn.Module] = []
         ch = in_channels
@@ -183,6 +192,8 @@ class Conv3dPatchEmbed(nn.Module):
         if x.ndim != 5:
             raise ValueError(f"expected a (B, C, D, H, W) volume, got shape {tuple(x.shape)}.")
         spatial = tuple(x.shape[-3:])
+        if self.dot_filter is not None:
+            x = torch.cat([x, self.dot_filter(x).to(x.dtype)], dim=1)
         padded = self.pad(x)
         x = self.norm(self.stem(padded))
         if self.mean_proj is not None or self.std_proj is not None:
