@@ -212,7 +212,7 @@ def test_cli_bad_backgrounds_folder_is_one_line(tmp_path, capsys):
 
 def test_train_and_explain_ct1_end_to_end(backgrounds, tmp_path):
     """A tiny ct1 run (24 cases of 32^3, 2 epochs) trains, and `run.py explain` on fresh cases writes heatmaps on the
-    source grid and a leaderboard."""
+    source grid and a leaderboard. With the blob filter and `lung_mean`, as configs/ct1_cpu.yaml ships them."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
@@ -224,7 +224,8 @@ def test_train_and_explain_ct1_end_to_end(backgrounds, tmp_path):
     cfg = load_config(None, [f"out_dir={tmp_path / 'runs'}", "name=ct1_tiny", "data.dummy.level=ct1",
                              "data.dummy.n=24", f"data.dummy.size={SIZE}", f"data.image_size=[{SIZE},{SIZE},{SIZE}]",
                              "data.batch_size=4", "train.epochs=2", "optim.warmup_epochs=0", "head.lung_frac_min=0.0",
-                             *TINY], schema=ExperimentConfig)
+                             "model.dot_filter_sigmas=[1.0,2.0]", "data.outside_lung=lung_mean", *TINY],
+                      schema=ExperimentConfig)
     run_experiment(cfg)
     run = Path(cfg.out_dir) / cfg.name
     final = json.loads((run / "final_metrics.json").read_text())
