@@ -131,6 +131,22 @@ def test_explain_figures(checked, tmp_path, rng, lesion):
     _assert_clean(checked, 4)
 
 
+def test_3d_view_draws_a_lesion_smaller_than_its_marching_step(tmp_path, monkeypatch):
+    """A one-voxel nodule at an odd index of a 64^3 volume (marching-cubes step 2) is drawn, not a crash (session 16:
+    `run.py explain` stopped on a small ct1 nodule with "No surface found at the given iso value")."""
+    from survival3d.explain import io
+
+    figs = []
+    monkeypatch.setattr(io, "_save", lambda fig, path: figs.append(fig) or path)
+    mask = np.zeros((64, 64, 64), np.uint8)
+    mask[30, 32, 28] = 1  # +1 of padding: odd indices, between the samples of a step-2 grid
+    heat = np.zeros((64, 64, 64), np.float32)
+    heat[28:32, 32:36, 28:32] = 1.0
+    io.plot_3d(heat, tmp_path / "3d.png", mask=mask, title="one voxel")
+    labels = [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()]
+    assert "GT lesion" in labels and any(lb.startswith("heatmap") for lb in labels)
+
+
 def test_overlay_draws_distractors_with_a_legend_entry(tmp_path, rng, monkeypatch):
     """ct3's distractors: a yellow contour on the slices that cut them and a "distractor" legend entry; none without."""
     from survival3d.explain import io

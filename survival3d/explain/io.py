@@ -258,7 +258,10 @@ def _surface(ax, vol: np.ndarray, level: float, colour, alpha: float, step: int)
     vol = np.pad(np.asarray(vol, dtype=np.float32), 1)  # close surfaces touching the border
     if not (vol.min() < level < vol.max()):
         return False
-    verts, faces, _, _ = marching_cubes(vol, level=level, step_size=step)
+    try:
+        verts, faces, _, _ = marching_cubes(vol, level=level, step_size=step)
+    except RuntimeError:  # a structure smaller than the step (a nodule of 1-2 voxels) vanishes on the coarse grid
+        verts, faces, _, _ = marching_cubes(vol, level=level, step_size=1)
     ax.add_collection3d(Poly3DCollection(verts[faces] - 1, facecolor=colour, edgecolor="none", alpha=alpha))
     return True
 
