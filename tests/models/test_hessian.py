@@ -10,7 +10,7 @@ from survival3d.config import ExperimentConfig, load_config
 from survival3d.errors import ConfigError
 from survival3d.models import SurvivalNet3D, build_model
 from survival3d.models.blocks import Conv3dPatchEmbed, HessianDotFilter
-from survival3d.models.blocks.hessian import symmetric_eigvals3
+from survival3d.models.blocks.hessian import gaussian_derivative_kernels, symmetric_eigvals3
 from survival3d.models.pretrain import MaskedCubeletAutoencoder, load_encoder_state
 
 
@@ -24,8 +24,17 @@ def test_hessian_matches_scipy_gaussian_derivatives(sigma):
     x = torch.rand(1, 13, 17, 15, dtype=torch.float64)
     h = HessianDotFilter([sigma]).hessian(x, sigma)
     orders = [(2, 0, 0), (0, 2, 0), (0, 0, 2), (1, 1, 0), (1, 0, 1), (0, 1, 1)]
+    g2_sum = float(gaussian_derivative_kernels(sigma, dtype=torch.float64)[2].sum())
+    assert abs(g2_sum) < 1e-15  # the second-derivative kernel annihilates constants
+    r = int(4.0 * sigma + 0.5)
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    g = torch.exp(-0.5 * t * t / sigma**2)
+    scipy_g2_sum = float(((t * t / sigma**4 - 1 / sigma**2) * g / g.sum()).sum())  # scipy's kernel does not
+    smooth = ndi.gaussian_filter(x[0].numpy(), sigma, mode="nearest", truncate=4.0)
     for got, order in zip(h, orders):
         ref = sigma**2 * ndi.gaussian_filter(x[0].numpy(), sigma, order=order, mode="nearest", truncate=4.0)
+        if 2 in order:  # ours = scipy's with g2 - sum(g2) g along that axis
+            ref = ref - sigma**2 * scipy_g2_sum * smooth
         np.testing.assert_allclose(got[0].numpy(), ref, rtol=0, atol=1e-12, err_msg=str(order))
 
 
@@ -66,12 +75,13 @@ def test_tubes_plates_and_dark_blobs_do_not_respond():
         "tube": c * torch.exp(-(y**2 + x**2) / (2 * s * s)),
         "plate": c * torch.exp(-(x**2) / (2 * s * s)),
         "dark blob": 1.0 - c * torch.exp(-(z**2 + y**2 + x**2) / (2 * s * s)),
-        "constant": torch.full_like(x, 0.3),
     }
     blob = HessianDotFilter([1.0, 2.0])((c * torch.exp(-(z**2 + y**2 + x**2) / (2 * s * s)))[None, None]).max()
     for name, img in shapes.items():
         out = HessianDotFilter([1.0, 2.0])(img[None, None])
         assert out.min() >= 0 and out.max() < 0.02 * blob, name
+    for sigma in (0.5, 0.75, 1.0):  # a constant image has no curvature at any scale
+        assert HessianDotFilter([sigma])(torch.full((1, 1, 9, 9, 9), float(torch.rand(())))).max() < 1e-6
 
 
 def test_flip_and_axis_permutation_equivariance():

@@ -33,7 +33,9 @@ _GAIN = 2.0 ** 2.5  # 1 / (the scale-normalised dot response of a unit Gaussian 
 def gaussian_derivative_kernels(sigma: float, truncate: float = 4.0, dtype=torch.float32,
                                 device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sampled 1D Gaussian and its first and second derivatives (radius ``round(truncate * sigma)``), the smoothing
-    kernel normalised to sum 1 and the derivatives built from it, as ``scipy.ndimage.gaussian_filter`` does."""
+    kernel normalised to sum 1 and the derivatives built from it, as ``scipy.ndimage.gaussian_filter`` does, except
+    that the second derivative is shifted by a multiple of the smoothing kernel to sum to exactly 0: sampled, it sums
+    to about -1e-3 at sigma 0.75, which would give a constant image a small isotropic "blob" response."""
     radius = int(truncate * float(sigma) + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     s2 = float(sigma) ** 2
@@ -41,6 +43,7 @@ def gaussian_derivative_kernels(sigma: float, truncate: float = 4.0, dtype=torch
     g = g / g.sum()
     g1 = -x / s2 * g
     g2 = (x * x / (s2 * s2) - 1.0 / s2) * g
+    g2 = g2 - g2.sum() * g  # annihilates constants (g sums to 1)
     return tuple(k.to(dtype=dtype, device=device) for k in (g, g1, g2))
 
 
