@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from survival3d.bench.breakdown import _scores
+from survival3d.bench.breakdown import risk_scores
 from survival3d.io import write_csv
 
 __all__ = ["case_maxima", "main", "score_scale_sets"]
@@ -54,13 +54,13 @@ def case_maxima(manifest: Path, scales: list[float], *, image_size, intensity_wi
 def score_scale_sets(manifest: pd.DataFrame, maxima: pd.DataFrame, scales: list[float], max_set: int,
                      burden: str = "lesion_volume_mm3") -> pd.DataFrame:
     """Every set of up to ``max_set`` scales: the case score is the maximum over its scales (the filter keeps the
-    maximum over scales), scored by :func:`survival3d.bench.breakdown._scores`."""
+    maximum over scales), scored by :func:`survival3d.bench.breakdown.risk_scores`."""
     d = manifest.merge(maxima, on="id", how="inner")
     rows = []
     for k in range(1, max_set + 1):
         for subset in itertools.combinations(scales, k):
             score = d[[f"max_{s:g}" for s in subset]].max(axis=1).to_numpy(np.float64)
-            numbers, q1, q2 = _scores(d, score, burden)
+            numbers, q1, q2 = risk_scores(d, score, burden)
             rows.append({"scales": " ".join(f"{s:g}" for s in subset), **numbers, "burden_q1": q1, "burden_q2": q2})
     table = pd.DataFrame(rows).drop(columns=["c_index", "c_index_lesion"])
     return table.sort_values("presence_auroc", ascending=False, kind="stable").reset_index(drop=True)

@@ -44,7 +44,7 @@ import pandas as pd
 from survival3d.io import write_csv, write_json
 from survival3d.metrics.survival import harrell_c_index
 
-__all__ = ["breakdown", "covariate_shift", "largest_lesion_times", "main"]
+__all__ = ["breakdown", "covariate_shift", "largest_lesion_times", "main", "risk_scores"]
 
 
 class BreakdownError(ValueError):
@@ -109,7 +109,7 @@ def largest_lesion_times(frame: pd.DataFrame, params: dict, source: str = "manif
     return np.asarray(out)
 
 
-def _scores(d: pd.DataFrame, risk: np.ndarray, burden: str) -> tuple[dict, float, float]:
+def risk_scores(d: pd.DataFrame, risk: np.ndarray, burden: str) -> tuple[dict, float, float]:
     """The presence / tertile / within-lesion numbers of one risk score on the cases ``d``."""
     b = d[burden].to_numpy(np.float64)
     has = b > 0
@@ -143,8 +143,8 @@ def breakdown(manifest: pd.DataFrame, predictions: pd.DataFrame, *, level=None, 
         if not np.allclose(d[c].to_numpy(np.float64), d[f"{c}_pred"].to_numpy(np.float64), rtol=0, atol=0.011):
             raise BreakdownError(f"the predictions' {c} differs from the manifest's: they were made on other cases "
                                  "(another generator seed?)")
-    model, q1, q2 = _scores(d, d["risk"].to_numpy(np.float64), burden)
-    oracle, _, _ = _scores(d, -d["expected_time"].to_numpy(np.float64), burden)
+    model, q1, q2 = risk_scores(d, d["risk"].to_numpy(np.float64), burden)
+    oracle, _, _ = risk_scores(d, -d["expected_time"].to_numpy(np.float64), burden)
     out = {"n": int(len(d)), "n_lesion": int((d[burden] > 0).sum()), "burden_q1": q1, "burden_q2": q2,
            "model": model, "oracle": oracle}
     if largest is not None:
