@@ -95,8 +95,8 @@ class HessianDotFilter(nn.Module):
     r"""Multi-scale dot (blob) enhancement of every channel (module docstring); no parameters, no gradient.
 
     Args:
-        sigmas: Gaussian scales in voxels (each > 0). A blob of radius :math:`r` (a ball) responds most near
-            :math:`\sigma \approx r / \sqrt{3}`; several scales cover a range of sizes.
+        sigmas: Gaussian scales in voxels (each > 0). A Gaussian blob of std :math:`s` responds most at
+            :math:`\sigma = s \sqrt{2/3}`; several scales cover a range of sizes.
         truncate: kernel radius in sigmas.
 
     Forward:
