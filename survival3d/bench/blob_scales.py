@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from survival3d.bench.breakdown import risk_scores
+from survival3d.bench.breakdown import BreakdownError, read_table, risk_scores
 from survival3d.io import write_csv
 
 __all__ = ["case_maxima", "main", "score_scale_sets"]
@@ -81,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, [], schema=ExperimentConfig)
-        manifest = pd.read_csv(args.manifest)
-    except (OSError, ConfigError, pd.errors.ParserError) as e:
+        manifest = read_table(args.manifest, ("id", "time", "event", args.burden))
+    except (ConfigError, BreakdownError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    missing = [c for c in ("id", "image", "lung_mask", "time", "event", args.burden) if c not in manifest]
+    missing = [c for c in ("image", "lung_mask") if c not in manifest]
     if missing:
-        print(f"error: {args.manifest}: no column {missing[0]!r}", file=sys.stderr)
+        print(f"error: {args.manifest}: missing column(s) {', '.join(missing)}", file=sys.stderr)
         return 2
     for key in ("image", "lung_mask"):
         absent = [f for f in manifest[key].astype(str) if not (args.manifest.parent / f).is_file()]
@@ -101,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
                          intensity_window=list(cfg.data.intensity_window), outside_lung=cfg.data.outside_lung)
     table = score_scale_sets(manifest, maxima, args.scales, args.max_set, args.burden)
     out = args.out or args.manifest.parent
-    write_csv(out / "blob_scales.csv", table)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / "blob_scales.csv", table)
+    except OSError as e:
+        print(f"error: {out}: cannot write blob_scales.csv ({type(e).__name__}: {e.strerror or e})", file=sys.stderr)
+        return 1
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(3).to_string(index=False))
     print(f"wrote {out / 'blob_scales.csv'}")

@@ -44,7 +44,7 @@ import pandas as pd
 from survival3d.io import write_csv, write_json
 from survival3d.metrics.survival import harrell_c_index
 
-__all__ = ["breakdown", "covariate_shift", "largest_lesion_times", "main", "risk_scores"]
+__all__ = ["breakdown", "covariate_shift", "largest_lesion_times", "main", "read_table", "risk_scores"]
 
 
 class BreakdownError(ValueError):
@@ -163,7 +163,7 @@ def breakdown(manifest: pd.DataFrame, predictions: pd.DataFrame, *, level=None, 
     return out
 
 
-def _read(path: Path, needed: tuple[str, ...], adapt=None) -> pd.DataFrame:
+def read_table(path: Path, needed: tuple[str, ...], adapt=None) -> pd.DataFrame:
     """``path`` as a table with the numeric columns ``needed`` (and ``id``); ``adapt`` rewrites the frame first."""
     try:
         frame = pd.read_csv(path)
@@ -234,13 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="folder for breakdown.csv / breakdown.json (default: the manifest's folder)")
     args = ap.parse_args(argv)
     try:
-        manifest = _read(args.manifest, ("id", "time", "event", "expected_time", args.burden))
+        manifest = read_table(args.manifest, ("id", "time", "event", "expected_time", args.burden))
         params = _params_of(args.manifest) if args.level is None else None
         level = _level_of(args.manifest, args.level or (params or {}).get("level"))
         largest = largest_lesion_times(manifest, params, str(args.manifest)) if params is not None else None
         results = {}
         for p in args.predictions:
-            preds = _read(p, ("id", "pred_time", "risk"), adapt=_from_predict)
+            preds = read_table(p, ("id", "pred_time", "risk"), adapt=_from_predict)
             try:
                 results[str(p)] = breakdown(manifest, preds, level=level, burden=args.burden, largest=largest)
             except BreakdownError as e:  # about this predictions file against the manifest
