@@ -53,7 +53,8 @@ CLI = [sys.executable, "-m", "survival3d.cli"]
 METRICS = ["val_c_index", "val_oracle", "val_gap", "val_p_lesion", "val_p_lesion_chance", "val_p_distractor",
            "val_p_distractor_chance", "val_pointing",
            "fresh_c_index",
-           "fresh_oracle", "fresh_gap", "pointing_game", "energy_pg", "energy_pg_cubelet", "energy_distractor_cubelet",
+           "fresh_oracle", "fresh_gap", "pointing_game", "energy_pg", "energy_pg_cubelet", "pointing_cubelet",
+           "energy_distractor_cubelet",
            "chance_distractor_cubelet", "train_s"]
 
 
@@ -129,8 +130,9 @@ def _score(run: Path, ev: Path | None, ex: Path | None, method: str) -> dict:
         loc = pd.read_csv(ex / "localisation.csv")
         loc = loc[loc["method"] == method.split(",")[0]]
         lesion = loc[loc["pointing_game"].notna()]
-        for k in ("pointing_game", "energy_pg", "energy_pg_cubelet"):
-            row[k] = float(lesion[k].mean())
+        for k in ("pointing_game", "energy_pg", "energy_pg_cubelet", "pointing_cubelet"):
+            if k in lesion:  # pointing_cubelet: localisation.csv files written before session 17 lack it
+                row[k] = float(lesion[k].mean())
         row["lesion_cases"] = len(lesion)
         for k in ("energy_distractor_cubelet", "chance_distractor_cubelet"):  # over the cases with a distractor
             if k in loc:

@@ -130,8 +130,9 @@ class Explain:
             board = write_leaderboard(table, out)
         for m in board["ranking"]:
             s = board["lesion"][m]
-            log.info("%-18s pointing %.3f  energy %.3f  energy(cubelet) %.3f  (chance %.3f)", m,
+            log.info("%-18s pointing %.3f  energy %.3f  energy(cubelet) %.3f  pointing(cubelet) %.3f  (chance %.3f)", m,
                      *(s[c]["mean"] if s[c]["mean"] is not None else float("nan")
-                       for c in ("pointing_game", "energy_pg", "energy_pg_cubelet", "chance_energy")))
+                       for c in ("pointing_game", "energy_pg", "energy_pg_cubelet", "pointing_cubelet",
+                                 "chance_energy")))
         log.info("wrote %s", Path(args.out) / "leaderboard.md")
         return 0

@@ -12,6 +12,11 @@ Columns (``LOCALISATION_COLUMNS``, the names used in ``localisation.csv``):
 * ``energy_pg_cubelet``: the same at the model's cubelet resolution — the clipped mass is summed per cubelet
   (``patch_size``\ :sup:`3` voxels, volume padded at the far end), and the mass on cubelets that overlap the mask
   is divided by the total. The fair figure for a cubelet-level map such as the head's p.
+* ``pointing_cubelet``: the pointing game at the same cubelet resolution — each cubelet's score is the mean of the
+  (unclipped) heatmap over its valid voxels (for a nearest-upsampled cubelet map: the cubelet's own value), and the
+  case scores 1 when the top cubelet (ties: the one nearest the centroid of the tied cubelets) overlaps the mask. A
+  diagnostic for a map whose voxels within a cubelet are tied: ``pointing_game`` then depends on where the grid cuts
+  a lesion smaller than a cubelet, this does not. NaN without ``patch_size``.
 * ``auroc``: area under the ROC curve of the raw (unclipped) voxel scores against the mask over the valid region
   (:func:`sklearn.metrics.roc_auc_score`; ties count one half).
 * ``dice_topk``: Dice between the mask and the top-:math:`k` fraction of valid voxels by heatmap value;
@@ -50,7 +55,8 @@ __all__ = [
     "pointing_game",
 ]
 
-LOCALISATION_COLUMNS = ("pointing_game", "energy_pg", "energy_pg_cubelet", "auroc", "dice_topk", "chance_energy")
+LOCALISATION_COLUMNS = ("pointing_game", "energy_pg", "energy_pg_cubelet", "pointing_cubelet", "auroc", "dice_topk",
+                        "chance_energy")
 DISTRACTOR_COLUMNS = ("energy_distractor", "energy_distractor_cubelet", "chance_distractor",
                       "chance_distractor_cubelet")
 
@@ -187,11 +193,15 @@ def localisation_metrics(
     out["pointing_game"] = _pointing(h, m, valid, tolerance)
     out["energy_pg"] = _ratio(hp[mv].sum(), total)
     if patch_size is None:
-        out["energy_pg_cubelet"] = float("nan")
+        out["energy_pg_cubelet"] = out["pointing_cubelet"] = float("nan")
     else:
         mass = cubelet_sum(hp, patch_size)
         on_mask = cubelet_sum(mv.astype(np.float64), patch_size) > 0
         out["energy_pg_cubelet"] = _ratio(mass[on_mask].sum(), mass.sum())
+        n_cub = cubelet_sum(valid.astype(np.float64), patch_size)
+        has = n_cub > 0
+        mean = cubelet_sum(np.where(valid, h, 0.0), patch_size) / np.where(has, n_cub, 1.0)
+        out["pointing_cubelet"] = _pointing(mean, on_mask, has, 0.0)
 
     labels, scores = mv[valid], h[valid]
     if labels.all():

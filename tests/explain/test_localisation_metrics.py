@@ -15,13 +15,13 @@ def _blob(rng, shape=(16, 16, 16), r=3):
 
 def test_columns_are_exactly_the_documented_names():
     assert LOCALISATION_COLUMNS == (
-        "pointing_game", "energy_pg", "energy_pg_cubelet", "auroc", "dice_topk", "chance_energy")
+        "pointing_game", "energy_pg", "energy_pg_cubelet", "pointing_cubelet", "auroc", "dice_topk", "chance_energy")
 
 
 def test_heatmap_equal_to_mask_is_perfect(rng):
     mask = _blob(rng)
     m = localisation_metrics(mask.astype(float) * rng.uniform(0.5, 3), mask, patch_size=4)
-    for col in ("pointing_game", "energy_pg", "energy_pg_cubelet", "auroc", "dice_topk"):
+    for col in ("pointing_game", "energy_pg", "energy_pg_cubelet", "pointing_cubelet", "auroc", "dice_topk"):
         assert m[col] == pytest.approx(1.0), col
     assert m["chance_energy"] == pytest.approx(mask.mean())
 
@@ -79,6 +79,57 @@ def test_energy_cubelet_counts_mass_on_cubelets_touching_the_mask():
     assert m["energy_pg"] == 0.0
     assert m["energy_pg_cubelet"] == pytest.approx(0.75)
     assert np.isnan(localisation_metrics(h, mask)["energy_pg_cubelet"])
+
+
+def test_pointing_cubelet_reads_a_cubelet_map_at_its_own_resolution(rng):
+    # a 1-voxel lesion in a corner of the top cubelet of a nearest-upsampled 4^3-voxel map: the tied voxel nearest
+    # the cubelet's centre misses it, the top cubelet does not
+    grid = rng.random((3, 3, 3))
+    top = tuple(rng.integers(0, 3, size=3))
+    grid[top] = 2.0
+    h = grid.repeat(4, 0).repeat(4, 1).repeat(4, 2)
+    mask = np.zeros(h.shape, bool)
+    mask[tuple(4 * np.array(top))] = True
+    m = localisation_metrics(h, mask, patch_size=4)
+    assert m["pointing_game"] == 0.0 and m["pointing_cubelet"] == 1.0
+    assert np.isnan(localisation_metrics(h, mask)["pointing_cubelet"])  # no cubelet size, no cubelet score
+    other = np.zeros(h.shape, bool)
+    other[tuple(4 * ((np.array(top) + 1) % 3))] = True  # a lesion in another cubelet
+    assert localisation_metrics(h, other, patch_size=4)["pointing_cubelet"] == 0.0
+    assert localisation_metrics(np.ones(h.shape), mask, patch_size=4)["pointing_cubelet"] == 0.0  # flat: nowhere
+
+
+def test_pointing_cubelet_matches_a_brute_force_reference(rng):
+    shape, ps = (10, 9, 11), 4  # padded at the far end: partial cubelets
+    for _ in range(20):
+        h = rng.normal(size=shape)
+        lung = rng.random(shape) > 0.3
+        mask = np.zeros(shape, bool)
+        mask[tuple(rng.integers(0, s) for s in shape)] = True
+        mask &= lung
+        if not mask.any():
+            continue
+        best, best_idx = -np.inf, None
+        for idx in np.ndindex(*(-(-s // ps) for s in shape)):
+            sl = tuple(slice(i * ps, (i + 1) * ps) for i in idx)
+            if lung[sl].any() and h[sl][lung[sl]].mean() > best:
+                best, best_idx = h[sl][lung[sl]].mean(), sl
+        want = float(mask[best_idx].any())
+        assert localisation_metrics(h, mask, lung_mask=lung, patch_size=ps)["pointing_cubelet"] == want
+
+
+def test_pointing_cubelet_uses_the_mean_not_the_mass_of_a_cubelet():
+    # a lung-border cubelet with one valid voxel at 2.0 outranks a full cubelet at 1.5 (its mass, 96, would win)
+    h = np.zeros((8, 4, 4))
+    lung = np.zeros(h.shape, bool)
+    lung[:5] = True  # cubelet 0 fully valid, cubelet 1 only through its first plane (16 voxels)
+    lung[4, 1:, :] = lung[4, 0, 1:] = False  # ... and then only one voxel
+    h[:4] = 1.5
+    h[4, 0, 0] = 2.0
+    mask = np.zeros(h.shape, bool)
+    mask[4, 0, 0] = True
+    assert localisation_metrics(h, mask, lung_mask=lung, patch_size=4)["pointing_cubelet"] == 1.0
+    assert localisation_metrics(h, mask, lung_mask=lung, patch_size=4)["pointing_game"] == 1.0
 
 
 def test_dice_topk_of_a_shifted_blob(rng):
