@@ -19,6 +19,10 @@ each predictions file, on the same cases, the model's number and the oracle's (`
   each case's largest lesion (and its covariates): the ceiling of a model that reads one lesion, such as a head whose
   prediction is the time of its one softmin-chosen cubelet. The cases are drawn again from the seed and checked
   against the manifest's ``expected_time``.
+* ``oracle_blind_c_index`` (with ``--blind-below B``, on levels whose lesion-free cases share one expected time,
+  e.g. ct1): the C of an oracle blind to every lesion of burden under ``B`` (in the ``--burden`` column's units; a
+  sphere of d mm holds pi d^3 / 6 mm^3): those cases are given the lesion-free time. Read against the model's C: a
+  model above it reads part of what the small lesions carry, one below it misses more than them.
 * levels with clinical covariates (dummy6, ct3), the least-squares fit
   ``log pred_time = a + b_burden (log expected_time - s) + b_cov s + e`` with ``s`` the generator's covariate shift
   of log-time (:meth:`~survival3d.data.dummy.ClinicalCovariates.log_time_shift`): ``coef_burden`` and ``coef_cov``
@@ -44,7 +48,7 @@ import pandas as pd
 from survival3d.io import write_csv, write_json
 from survival3d.metrics.survival import harrell_c_index
 
-__all__ = ["breakdown", "covariate_shift", "largest_lesion_times", "main", "read_table", "risk_scores"]
+__all__ = ["blind_times", "breakdown", "covariate_shift", "largest_lesion_times", "main", "read_table", "risk_scores"]
 
 
 class BreakdownError(ValueError):
@@ -128,11 +132,26 @@ def risk_scores(d: pd.DataFrame, risk: np.ndarray, burden: str) -> tuple[dict, f
     return out, float(q1), float(q2)
 
 
+def blind_times(d: pd.DataFrame, burden: str, below: float) -> np.ndarray:
+    """``expected_time`` with every case whose lesion burden is in (0, ``below``) given the lesion-free cases' time
+    (the oracle blind to lesions under ``below``); they must share one expected time (a level without covariates)."""
+    b = d[burden].to_numpy(np.float64)
+    t = d["expected_time"].to_numpy(np.float64).copy()
+    free = t[b <= 0]
+    if free.size == 0 or np.ptp(free) > 0.011:
+        raise BreakdownError(f"--blind-below needs cases without a lesion that share one expected_time; here "
+                             f"{free.size} case(s) without one, {np.unique(free.round(2)).size} distinct time(s)")
+    t[(b > 0) & (b < below)] = np.median(free)
+    return t
+
+
 def breakdown(manifest: pd.DataFrame, predictions: pd.DataFrame, *, level=None, burden: str = "lesion_volume_mm3",
-              largest: np.ndarray | None = None) -> dict:
+              largest: np.ndarray | None = None, blind_below: float | None = None) -> dict:
     """The numbers of the module docstring for one predictions table (``id``, ``pred_time``, ``risk``) on a
     generated ``manifest`` (``id``, ``time``, ``event``, ``expected_time``, ``burden``; ``n_lesions`` optional);
-    ``largest``: :func:`largest_lesion_times` of the manifest's rows (adds ``oracle_largest_c_index``)."""
+    ``largest``: :func:`largest_lesion_times` of the manifest's rows (adds ``oracle_largest_c_index``);
+    ``blind_below``: a burden under which the oracle is made blind (adds ``oracle_blind_c_index`` and
+    ``n_blind``, :func:`blind_times`)."""
     if largest is not None:
         manifest = manifest.assign(_largest=np.asarray(largest, dtype=np.float64))
     extra = [c for c in ("time", "expected_time") if c in predictions]  # run.py evaluate writes both
@@ -149,6 +168,10 @@ def breakdown(manifest: pd.DataFrame, predictions: pd.DataFrame, *, level=None, 
            "model": model, "oracle": oracle}
     if largest is not None:
         out["oracle_largest_c_index"] = harrell_c_index(d["time"], -d["_largest"].to_numpy(), d["event"])
+    if blind_below is not None:
+        out["oracle_blind_c_index"] = harrell_c_index(d["time"], -blind_times(d, burden, blind_below), d["event"])
+        b = d[burden].to_numpy(np.float64)
+        out["n_blind"] = int(((b > 0) & (b < blind_below)).sum())
     s = covariate_shift(level, d) if level is not None else None
     if s is not None:
         y = np.log(d["pred_time"].to_numpy(np.float64))
@@ -219,7 +242,7 @@ def _row(label: str, res: dict) -> dict:
            "burden_q2": res["burden_q2"]}
     for who in ("model", "oracle"):
         row.update({f"{who}_{k}": v for k, v in res[who].items()})
-    for k in ("oracle_largest_c_index", "coef_burden", "coef_cov", "resid_sd"):
+    for k in ("oracle_largest_c_index", "oracle_blind_c_index", "n_blind", "coef_burden", "coef_cov", "resid_sd"):
         if k in res:
             row[k] = res[k]
     return row
@@ -232,17 +255,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--burden", default="lesion_volume_mm3", help="the manifest column of the lesion burden (default: %(default)s)")
     ap.add_argument("--level", help="the dummy level (default: from dummy_params.json next to the manifest)")
     ap.add_argument("--out", type=Path, help="folder for breakdown.csv / breakdown.json (default: the manifest's folder)")
+    ap.add_argument("--blind-below", type=float, metavar="B",
+                    help="also score an oracle blind to lesions of burden under B (the --burden column's units)")
     args = ap.parse_args(argv)
+    if args.blind_below is not None and not (math.isfinite(args.blind_below) and args.blind_below > 0):
+        ap.error(f"--blind-below must be a positive number, got {args.blind_below}")
     try:
         manifest = read_table(args.manifest, ("id", "time", "event", "expected_time", args.burden))
         params = _params_of(args.manifest) if args.level is None else None
         level = _level_of(args.manifest, args.level or (params or {}).get("level"))
         largest = largest_lesion_times(manifest, params, str(args.manifest)) if params is not None else None
+        if args.blind_below is not None:
+            try:
+                blind_times(manifest, args.burden, args.blind_below)
+            except BreakdownError as e:
+                raise BreakdownError(f"{args.manifest}: {e}") from None
         results = {}
         for p in args.predictions:
             preds = read_table(p, ("id", "pred_time", "risk"), adapt=_from_predict)
             try:
-                results[str(p)] = breakdown(manifest, preds, level=level, burden=args.burden, largest=largest)
+                results[str(p)] = breakdown(manifest, preds, level=level, burden=args.burden, largest=largest,
+                                            blind_below=args.blind_below)
             except BreakdownError as e:  # about this predictions file against the manifest
                 raise BreakdownError(f"{p}: {e}") from None
     except BreakdownError as e:
@@ -259,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     cols = ["predictions", "model_c_index", "oracle_c_index", "model_presence_auroc", "model_auroc_small",
             "model_auroc_mid", "model_auroc_large", "model_burden_spearman", "oracle_burden_spearman",
-            "oracle_largest_c_index", "coef_burden",
+            "oracle_largest_c_index", "oracle_blind_c_index", "n_blind", "coef_burden",
             "coef_cov", "resid_sd"]
     print(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {out / 'breakdown.csv'} and breakdown.json")

@@ -208,3 +208,57 @@ def test_cli_reads_predict_output_as_the_same_predictions(tmp_path, rng):
     table = pd.read_csv(tmp_path / "bd" / "breakdown.csv").drop(columns=["predictions"])
     pd.testing.assert_series_equal(table.iloc[0], table.iloc[1], check_names=False)
     assert table.loc[0, "model_c_index"] != table.loc[0, "oracle_c_index"]
+
+
+def _ct1_like(rng, n=150):
+    """A ct1-like table: no covariates, lesion-free cases at one time t0, the time falling with the volume."""
+    has = rng.random(n) < 0.55
+    burden = np.where(has, rng.uniform(30.0, 14000.0, n), 0.0)
+    expected = np.where(has, 75.0 * np.exp(-0.3) / (1.0 + burden / 4000.0), 75.0)
+    frame = pd.DataFrame({"id": [f"ct1_{i:05d}" for i in range(n)], "lesion_volume_mm3": burden,
+                          "expected_time": expected})
+    frame["time"] = frame["expected_time"] * np.exp(0.2 * rng.standard_normal(n))
+    frame["event"] = (rng.random(n) < 0.7).astype(int)
+    return frame
+
+
+def test_the_blind_oracle_gives_small_lesions_the_lesion_free_time(rng):
+    from survival3d.bench.breakdown import blind_times
+    from survival3d.metrics.survival import harrell_c_index
+
+    frame = _ct1_like(rng)
+    below = float(np.quantile(frame.loc[frame["lesion_volume_mm3"] > 0, "lesion_volume_mm3"], 0.4))
+    t = blind_times(frame, "lesion_volume_mm3", below)
+    b = frame["lesion_volume_mm3"].to_numpy()
+    blind = (b > 0) & (b < below)
+    assert np.all(t[blind] == 75.0) and np.array_equal(t[~blind], frame["expected_time"].to_numpy()[~blind])
+    res = breakdown(frame, _preds(frame, frame["expected_time"]), blind_below=below)
+    assert res["n_blind"] == int(blind.sum()) > 0
+    assert res["oracle_blind_c_index"] == pytest.approx(harrell_c_index(frame["time"], -t, frame["event"]))
+    assert res["oracle_blind_c_index"] < res["oracle"]["c_index"]  # the small lesions carry part of the C
+    # a threshold under every lesion changes nothing; the model reading exactly the blind times matches it
+    assert breakdown(frame, _preds(frame, frame["expected_time"]), blind_below=1.0)["oracle_blind_c_index"] == \
+        pytest.approx(res["oracle"]["c_index"])
+    assert breakdown(frame, _preds(frame, t), blind_below=below)["model"]["c_index"] == \
+        pytest.approx(res["oracle_blind_c_index"])
+
+
+def test_cli_blind_below_needs_one_lesion_free_time(tmp_path, rng, capsys):
+    frame = _ct1_like(rng, n=60)
+    frame.to_csv(tmp_path / "manifest.csv", index=False)
+    _preds(frame, frame["expected_time"]).to_csv(tmp_path / "p.csv", index=False)
+    args = [str(tmp_path / "manifest.csv"), str(tmp_path / "p.csv"), "--out", str(tmp_path / "bd")]
+    assert main([*args, "--blind-below", "2000"]) == 0
+    table = pd.read_csv(tmp_path / "bd" / "breakdown.csv")
+    assert {"oracle_blind_c_index", "n_blind"} <= set(table.columns)
+    _, dummy6, _ = _cases(rng, n=40)  # lesion-free times vary with the covariates: refused, naming the manifest
+    dummy6.to_csv(tmp_path / "m6.csv", index=False)
+    _preds(dummy6, dummy6["expected_time"]).to_csv(tmp_path / "p6.csv", index=False)
+    rc = main([str(tmp_path / "m6.csv"), str(tmp_path / "p6.csv"), "--blind-below", "2000", "--out",
+               str(tmp_path / "bd6")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "m6.csv" in err[0] and "expected_time" in err[0]
+    assert not (tmp_path / "bd6").exists()
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--blind-below", "-3"])
+    assert e.value.code == 2
