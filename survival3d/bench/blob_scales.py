@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from survival3d.bench.breakdown import BreakdownError, read_table, risk_scores
+from survival3d.bench.breakdown import BreakdownError, check_files, read_table, risk_scores
 from survival3d.io import write_csv
 
 __all__ = ["case_maxima", "main", "score_scale_sets"]
@@ -82,18 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, [], schema=ExperimentConfig)
         manifest = read_table(args.manifest, ("id", "time", "event", args.burden))
+        check_files(manifest, args.manifest, ("image", "lung_mask"))
     except (ConfigError, BreakdownError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    missing = [c for c in ("image", "lung_mask") if c not in manifest]
-    if missing:
-        print(f"error: {args.manifest}: missing column(s) {', '.join(missing)}", file=sys.stderr)
-        return 2
-    for key in ("image", "lung_mask"):
-        absent = [f for f in manifest[key].astype(str) if not (args.manifest.parent / f).is_file()]
-        if absent:
-            print(f"error: {args.manifest}: {key} file {absent[0]!r} not found", file=sys.stderr)
-            return 2
     if any(s <= 0 for s in args.scales) or args.max_set < 1:
         print("error: --scales must be positive and --max-set >= 1", file=sys.stderr)
         return 2

@@ -48,7 +48,7 @@ import pandas as pd
 from survival3d.io import write_csv, write_json
 from survival3d.metrics.survival import harrell_c_index
 
-__all__ = ["blind_times", "breakdown", "covariate_shift", "largest_lesion_times", "main", "read_table", "risk_scores"]
+__all__ = ["blind_times", "breakdown", "check_files", "covariate_shift", "largest_lesion_times", "main", "read_table", "risk_scores"]
 
 
 class BreakdownError(ValueError):
@@ -201,6 +201,17 @@ def read_table(path: Path, needed: tuple[str, ...], adapt=None) -> pd.DataFrame:
         if c != "id" and not pd.api.types.is_numeric_dtype(frame[c]):
             raise BreakdownError(f"{path}: column {c} is not numeric")
     return frame
+
+
+def check_files(frame: pd.DataFrame, manifest: Path, keys: tuple[str, ...]) -> None:
+    """Every ``keys`` column is in the manifest and names an existing file (relative to the manifest's folder)."""
+    missing = [c for c in keys if c not in frame.columns]
+    if missing:
+        raise BreakdownError(f"{manifest}: missing column(s) {', '.join(missing)}")
+    for key in keys:
+        absent = [f for f in frame[key].astype(str) if not (manifest.parent / f).is_file()]
+        if absent:
+            raise BreakdownError(f"{manifest}: {key} file {absent[0]!r} not found")
 
 
 def _from_predict(frame: pd.DataFrame) -> pd.DataFrame:
