@@ -14,7 +14,7 @@ deterministic transforms (``data.image_size``, ``data.spatial``), as ``explain``
 
 Writes ``pointing_ceiling.csv`` (one row per lesion case: ``id``, the burden, ``pointing_game``, ``energy_pg``)
 into ``--out`` (default: the manifest's folder) and prints the mean over all lesion cases and per tertile of the
-burden (the bounds of :mod:`survival3d.bench.breakdown`). Exit 2 with one line naming the file and field when an
+burden over those cases (drawn as :mod:`survival3d.bench.breakdown` draws its tertiles). Exit 2 with one line naming the file and field when an
 input is unusable.
 """
 
