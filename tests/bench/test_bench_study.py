@@ -47,9 +47,12 @@ def _fake_cli(values: dict, calls: list):
         if sub == "evaluate":
             (out / "metrics.json").write_text(json.dumps({"c_index": v["fc"], "c_index_oracle": 0.78}))
         else:  # explain: two lesion cases and one without a lesion (NaN scores, left out)
-            pd.DataFrame({"case_id": ["a", "b", "c"], "method": ["head_grid"] * 3,
-                          "pointing_game": [1.0, v["pg"], np.nan], "energy_pg": [0.9, 0.7, np.nan],
-                          "energy_pg_cubelet": [1.0, 1.0, np.nan]}).to_csv(out / "localisation.csv", index=False)
+            loc = pd.DataFrame({"case_id": ["a", "b", "c"], "method": ["head_grid"] * 3,
+                                "pointing_game": [1.0, v["pg"], np.nan], "energy_pg": [0.9, 0.7, np.nan],
+                                "energy_pg_cubelet": [1.0, 1.0, np.nan]})
+            if "pc" in v:  # files written before session 17 have no pointing_cubelet column
+                loc["pointing_cubelet"] = [1.0, v["pc"], np.nan]
+            loc.to_csv(out / "localisation.csv", index=False)
 
     return run
 
@@ -59,6 +62,8 @@ def test_study_table_matches_the_runs(tmp_path, monkeypatch):
     values = {(v, s): {"c": rng.uniform(0.6, 0.9), "p": rng.uniform(), "fc": rng.uniform(0.6, 0.9),
                        "pg": float(rng.integers(0, 2))}
               for v in ("base", "var36") for s in (0, 1, 2)}
+    for s in (0, 1, 2):  # var36's explain files carry pointing_cubelet, base's are of the older format
+        values[("var36", s)]["pc"] = float(rng.integers(0, 2))
     calls: list = []
     monkeypatch.setattr(study, "_run", _fake_cli(values, calls))
     spec = {"config": "cfg.yaml", "out": str(tmp_path / "out"), "seeds": [0, 1, 2],
@@ -79,6 +84,10 @@ def test_study_table_matches_the_runs(tmp_path, monkeypatch):
         assert row.fresh_gap == pytest.approx(val["fc"] - 0.78)
         assert row.pointing_game == pytest.approx((1.0 + val["pg"]) / 2)
         assert row.energy_pg == pytest.approx(0.8)
+        if "pc" in val:
+            assert row.pointing_cubelet == pytest.approx((1.0 + val["pc"]) / 2)
+        else:
+            assert np.isnan(row.pointing_cubelet)
         assert row.train_s == pytest.approx(4.0)
     train = [c for c in calls if c[0] == "train"]
     assert len(train) == 6
