@@ -48,7 +48,8 @@ import pandas as pd
 from survival3d.io import write_csv, write_json
 from survival3d.metrics.survival import harrell_c_index
 
-__all__ = ["blind_times", "breakdown", "check_files", "covariate_shift", "largest_lesion_times", "main", "read_table", "risk_scores"]
+__all__ = ["blind_times", "breakdown", "check_files", "covariate_shift", "largest_lesion_times", "main", "read_table",
+           "risk_scores"]
 
 
 class BreakdownError(ValueError):
