@@ -48,7 +48,7 @@ import pandas as pd
 from survival3d.io import write_csv, write_json
 from survival3d.metrics.survival import harrell_c_index
 
-__all__ = ["blind_times", "breakdown", "check_files", "covariate_shift", "largest_lesion_times", "main", "read_table",
+__all__ = ["blind_times", "breakdown", "burden_tertiles", "check_files", "covariate_shift", "largest_lesion_times", "main", "read_table",
            "risk_scores"]
 
 
@@ -114,13 +114,20 @@ def largest_lesion_times(frame: pd.DataFrame, params: dict, source: str = "manif
     return np.asarray(out)
 
 
+def burden_tertiles(b: np.ndarray, has: np.ndarray) -> tuple[float, float, dict[str, np.ndarray]]:
+    """The tertile bounds ``q1``, ``q2`` of the burden ``b`` over the lesion cases ``has`` and each tertile's cases:
+    ``small`` (< q1), ``mid`` (q1 to < q2), ``large`` (>= q2); NaN bounds and empty tertiles without a lesion case."""
+    q1, q2 = (np.quantile(b[has], [1 / 3, 2 / 3]) if has.any() else (math.nan, math.nan))
+    return float(q1), float(q2), {"small": has & (b < q1), "mid": has & (b >= q1) & (b < q2), "large": has & (b >= q2)}
+
+
 def risk_scores(d: pd.DataFrame, risk: np.ndarray, burden: str) -> tuple[dict, float, float]:
     """The presence / tertile / within-lesion numbers of one risk score on the cases ``d``."""
     b = d[burden].to_numpy(np.float64)
     has = b > 0
     out = {"c_index": harrell_c_index(d["time"], risk, d["event"]), "presence_auroc": _auroc(has, risk)}
-    q1, q2 = (np.quantile(b[has], [1 / 3, 2 / 3]) if has.any() else (math.nan, math.nan))
-    for name, sel in (("small", has & (b < q1)), ("mid", has & (b >= q1) & (b < q2)), ("large", has & (b >= q2))):
+    q1, q2, tertiles = burden_tertiles(b, has)
+    for name, sel in tertiles.items():
         keep = sel | ~has
         out[f"auroc_{name}"] = _auroc(has[keep], risk[keep])
     out["burden_spearman"] = _spearman(b[has], risk[has])
@@ -130,7 +137,7 @@ def risk_scores(d: pd.DataFrame, risk: np.ndarray, burden: str) -> tuple[dict, f
                                  if has.sum() >= 2 else math.nan)
     except ValueError:
         out["c_index_lesion"] = math.nan
-    return out, float(q1), float(q2)
+    return out, q1, q2
 
 
 def blind_times(d: pd.DataFrame, burden: str, below: float) -> np.ndarray:

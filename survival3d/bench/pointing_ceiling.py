@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from survival3d.bench.breakdown import BreakdownError, check_files, read_table
+from survival3d.bench.breakdown import BreakdownError, burden_tertiles, check_files, read_table
 from survival3d.io import write_csv
-from survival3d.metrics.localisation import cubelet_sum, localisation_metrics
+from survival3d.metrics.localisation import cubelet_sum, cubelets_to_image, localisation_metrics
 
 __all__ = ["best_cubelet_map", "ceiling", "main"]
 
@@ -42,10 +43,8 @@ def best_cubelet_map(mask: np.ndarray, lung_mask: np.ndarray | None, patch_size:
     count = cubelet_sum((m & valid).astype(np.float64), patch_size)
     if count.max() <= 0:
         raise ValueError("the mask has no voxel in the valid region")
-    best = (count == count.max()).astype(np.float64)
-    for axis in range(3):
-        best = best.repeat(patch_size, axis=axis)
-    return best[: m.shape[0], : m.shape[1], : m.shape[2]]
+    best = torch.from_numpy((count == count.max()).astype(np.float64))[None, None]
+    return cubelets_to_image(best, m.shape, patch_size)[0, 0].numpy().astype(np.float64)  # as head_grid is drawn
 
 
 def ceiling(manifest: Path, frame: pd.DataFrame, *, patch_size: int, image_size, intensity_window=(-1000.0, 400.0),
@@ -62,10 +61,11 @@ def ceiling(manifest: Path, frame: pd.DataFrame, *, patch_size: int, image_size,
         case = chain({"image": str(manifest.parent / rec["image"]),
                       **{k: str(manifest.parent / rec[k]) for k in keys}})
         m, lung = (np.asarray(case[k])[0] > 0 for k in keys)
-        valid = lung if lung.any() else np.ones_like(lung)
-        if not (m & valid).any():
+        try:
+            best = best_cubelet_map(m, lung, patch_size)
+        except ValueError:  # no lesion voxel in the lung mask: nothing to point at
             continue
-        s = localisation_metrics(best_cubelet_map(m, lung, patch_size), m, lung_mask=lung, patch_size=patch_size)
+        s = localisation_metrics(best, m, lung_mask=lung, patch_size=patch_size)
         rows.append({"id": rec["id"], burden: float(rec[burden]), "pointing_game": s["pointing_game"],
                      "energy_pg": s["energy_pg"]})
     return pd.DataFrame(rows, columns=["id", burden, "pointing_game", "energy_pg"])
@@ -73,9 +73,9 @@ def ceiling(manifest: Path, frame: pd.DataFrame, *, patch_size: int, image_size,
 
 def _summary(table: pd.DataFrame, burden: str) -> pd.DataFrame:
     b = table[burden].to_numpy(np.float64)
-    q1, q2 = np.quantile(b, [1 / 3, 2 / 3]) if len(b) else (np.nan, np.nan)
-    groups = {"all": np.ones(len(b), bool), f"small (< {q1:.0f})": b < q1,
-              f"mid ({q1:.0f}-{q2:.0f})": (b >= q1) & (b < q2), f"large (>= {q2:.0f})": b >= q2}
+    q1, q2, tertiles = burden_tertiles(b, np.ones(len(b), bool))
+    labels = {"small": f"small (< {q1:.0f})", "mid": f"mid ({q1:.0f}-{q2:.0f})", "large": f"large (>= {q2:.0f})"}
+    groups = {"all": np.ones(len(b), bool), **{labels[k]: sel for k, sel in tertiles.items()}}
     return pd.DataFrame([{"cases": name, "n": int(sel.sum()),
                           "pointing_game": float(table.loc[sel, "pointing_game"].mean()) if sel.any() else np.nan,
                           "energy_pg": float(table.loc[sel, "energy_pg"].mean()) if sel.any() else np.nan}
