@@ -53,6 +53,26 @@ def test_closed_form_eigenvalues_match_eigvalsh():
         assert ((got - want).abs() <= 1e-6 * scale + 1e-12).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_closed_form_eigenvalues_near_isotropic_stay_finite(dtype):
+    # a blob's centre: equal diagonal, off-diagonals of rounding residue (~1e-17, whose cube underflows float32);
+    # CI once drew such a blob and got NaN eigenvalues, so a zero dot response where the closed form says c
+    n = 5000
+    q = -torch.rand(n, dtype=torch.float64) * 0.5 - 0.01
+    off = torch.randn(n, 3, dtype=torch.float64) * 10.0 ** torch.empty(n, 1, dtype=torch.float64).uniform_(-30, -8)
+    a = torch.diag_embed(q[:, None].repeat(1, 3))
+    a[:, 0, 1] = a[:, 1, 0] = off[:, 0]
+    a[:, 0, 2] = a[:, 2, 0] = off[:, 1]
+    a[:, 1, 2] = a[:, 2, 1] = off[:, 2]
+    a = torch.cat([a, torch.zeros(1, 3, 3, dtype=torch.float64)])  # and the zero matrix
+    e = symmetric_eigvals3(*(a[:, i, j].to(dtype) for i, j in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))))
+    ref = torch.linalg.eigvalsh(a).flip(1)
+    tol = 256 * torch.finfo(dtype).eps * a.flatten(1).abs().amax(1) + 1e-30  # eigvalsh itself is off by ~50 ulp here
+    for k, got in enumerate(e):
+        assert torch.isfinite(got).all()
+        assert ((got.double() - ref[:, k]).abs() <= tol).all()
+
+
 @pytest.mark.parametrize("s", [1.5, 2.5])
 def test_gaussian_blob_gives_its_contrast_at_the_matched_scale(s):
     c, offset = float(torch.empty(()).uniform_(0.2, 0.9)), float(torch.rand(()))

@@ -78,13 +78,18 @@ def symmetric_eigvals3(a11, a22, a33, a12, a13, a23) -> tuple[torch.Tensor, torc
     p1 = a12 * a12 + a13 * a13 + a23 * a23
     p2 = b11 * b11 + b22 * b22 + b33 * b33 + 2.0 * p1
     p = torch.sqrt(p2 / 6.0)
-    tiny = torch.finfo(p.dtype).tiny
-    safe = torch.where(p > tiny, p, torch.ones_like(p))
-    # det(B) / 2 with B = (A - qI) / p
-    det = (b11 * (b22 * b33 - a23 * a23) - a12 * (a12 * b33 - a23 * a13) + a13 * (a12 * a23 - b22 * a13))
-    r = (det / (2.0 * safe ** 3)).clamp(-1.0, 1.0)
+    # isotropic to working precision (all three equal q): p at or below one ulp of the diagonal's scale. Near-isotropic
+    # matrices (a blob's centre, whose off-diagonals are rounding residue ~1e-17) must not reach det(B) through p**3,
+    # which underflows float32 to 0 and gives 0/0.
+    scale = torch.maximum(q.abs(), p)
+    iso = p <= torch.finfo(p.dtype).eps * scale
+    safe = torch.where(iso, torch.ones_like(p), p)
+    # det(B) / 2 with B = (A - qI) / p: every entry divided by p first, so each is at most sqrt(6) in size
+    c11, c22, c33, c12, c13, c23 = (t / safe for t in (b11, b22, b33, a12, a13, a23))
+    det = (c11 * (c22 * c33 - c23 * c23) - c12 * (c12 * c33 - c23 * c13) + c13 * (c12 * c23 - c22 * c13))
+    r = (det / 2.0).clamp(-1.0, 1.0)
     phi = torch.acos(r) / 3.0
-    p = torch.where(p > tiny, p, torch.zeros_like(p))  # isotropic: all three equal q
+    p = torch.where(iso, torch.zeros_like(p), p)
     e1 = q + 2.0 * p * torch.cos(phi)
     e3 = q + 2.0 * p * torch.cos(phi + 2.0 * math.pi / 3.0)
     e2 = 3.0 * q - e1 - e3
