@@ -458,8 +458,9 @@ SpecLike = Union[DummySpec, int, str, DummyLevel]
 
 
 def _delegates(lvl: Any) -> bool:
-    """Whether ``lvl`` is a level object implementing generation itself (``sample_case(spec, index)``,
-    ``render_case(spec, params)``, ``generate_case(spec, index)``), e.g. the real-anatomy levels ct1-ct3."""
+    """Whether ``lvl`` is a level object implementing generation itself (``check_spec(spec)``,
+    ``sample_case(spec, index)``, ``render_case(spec, params)``, ``generate_case(spec, index)``), e.g. the
+    real-anatomy levels ct1-ct3."""
     return not isinstance(lvl, (DummyLevel, int, str)) and hasattr(lvl, "generate_case")
 
 
@@ -500,6 +501,11 @@ def check_params(spec: SpecLike, **fields: Any) -> DummyLevel:
         raise ConfigError(f"spacing must be a positive number of mm, got {spacing}.")
     if not tmax >= 2:
         raise ConfigError(f"tmax must be >= 2, got {tmax}.")
+    if _delegates(lvl):
+        lvl.check_spec(spec)  # the level's own inputs (ct1-ct3: the background CTs), before anything is written
+    elif spec.backgrounds is not None:
+        raise ConfigError(f"backgrounds is for the real-anatomy levels ct1-ct3; {lvl.name} draws its own background, "
+                          f"got backgrounds={spec.backgrounds!r}.")
     return lvl
 
 

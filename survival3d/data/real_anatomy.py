@@ -367,8 +367,9 @@ class FibrosisCovariates(ClinicalCovariates):
 @dataclass(frozen=True)
 class RealAnatomyLevel:
     """A dummy level on real chest CT backgrounds (see the module docstring). It implements the level protocol
-    :mod:`survival3d.data.dummy` delegates to: ``sample_case(spec, index)``, ``render_case(spec, params)``,
-    ``generate_case(spec, index)``, plus ``min_size``, ``has_lungs`` and ``distractors``.
+    :mod:`survival3d.data.dummy` delegates to: ``check_spec(spec)``, ``sample_case(spec, index)``,
+    ``render_case(spec, params)``, ``generate_case(spec, index)``, plus ``min_size``, ``has_lungs`` and
+    ``distractors``.
 
     Time model (log-normal AFT; ``expected_time`` = the median ``t0 exp(eta + shift)``):
     ct1: ``eta = -presence_effect [k > 0] - beta log(1 + V / v_ref_mm3)`` with V the total nodule body volume;
@@ -618,6 +619,11 @@ class RealAnatomyLevel:
         val = np.where(honey, hc, val)
         image[region] = val[region]
         mask[region] = 1
+
+    def check_spec(self, spec) -> None:
+        """Refuse, before anything is generated or written, a spec whose backgrounds cannot be found (InputError
+        naming the folder, from :func:`background_sources`)."""
+        background_sources(spec.backgrounds)
 
     def generate_case(self, spec, index: int) -> dict[str, Any]:
         params, coords, labels = self._sample(spec, index)

@@ -208,6 +208,24 @@ def test_cli_bad_backgrounds_folder_is_one_line(tmp_path, capsys):
                "--backgrounds", str(empty), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "backgrounds" in err[0] and str(empty) in err[0]
+    assert not (tmp_path / "o").exists()  # refused before any folder or dummy_params.json is written
+
+
+def test_missing_sample_cache_is_refused_before_writing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SURVIVAL3D_CACHE", str(tmp_path / "no_cache"))
+    rc = main(["dummy", "--level", "ct2", "--n", "2", "--size", "32", "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "fetch_samples" in err[0] and str(tmp_path / "no_cache") in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("level", ["1", "dummy6"])
+def test_sphere_levels_refuse_backgrounds(tmp_path, capsys, level):
+    rc = main(["dummy", "--level", level, "--n", "2", "--size", "32", "--out", str(tmp_path / "o"),
+               "--backgrounds", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "backgrounds" in err[0] and "ct1-ct3" in err[0]
+    assert not (tmp_path / "o").exists()
 
 
 def test_train_and_explain_ct1_end_to_end(backgrounds, tmp_path):
