@@ -140,17 +140,19 @@ def risk_scores(d: pd.DataFrame, risk: np.ndarray, burden: str) -> tuple[dict, f
     return out, q1, q2
 
 
-def blind_times(d: pd.DataFrame, burden: str, below: float) -> np.ndarray:
+def blind_times(d: pd.DataFrame, burden: str, below: float) -> tuple[np.ndarray, np.ndarray]:
     """``expected_time`` with every case whose lesion burden is in (0, ``below``) given the lesion-free cases' time
-    (the oracle blind to lesions under ``below``); they must share one expected time (a level without covariates)."""
+    (the oracle blind to lesions under ``below``), and which cases those are; the lesion-free cases must share one
+    expected time (a level without covariates)."""
     b = d[burden].to_numpy(np.float64)
     t = d["expected_time"].to_numpy(np.float64).copy()
     free = t[b <= 0]
     if free.size == 0 or np.ptp(free) > 0.011:
         raise BreakdownError(f"--blind-below needs cases without a lesion that share one expected_time; here "
                              f"{free.size} case(s) without one, {np.unique(free.round(2)).size} distinct time(s)")
-    t[(b > 0) & (b < below)] = np.median(free)
-    return t
+    blind = (b > 0) & (b < below)
+    t[blind] = np.median(free)
+    return t, blind
 
 
 def breakdown(manifest: pd.DataFrame, predictions: pd.DataFrame, *, level=None, burden: str = "lesion_volume_mm3",
@@ -177,9 +179,9 @@ def breakdown(manifest: pd.DataFrame, predictions: pd.DataFrame, *, level=None, 
     if largest is not None:
         out["oracle_largest_c_index"] = harrell_c_index(d["time"], -d["_largest"].to_numpy(), d["event"])
     if blind_below is not None:
-        out["oracle_blind_c_index"] = harrell_c_index(d["time"], -blind_times(d, burden, blind_below), d["event"])
-        b = d[burden].to_numpy(np.float64)
-        out["n_blind"] = int(((b > 0) & (b < blind_below)).sum())
+        t, blind = blind_times(d, burden, blind_below)
+        out["oracle_blind_c_index"] = harrell_c_index(d["time"], -t, d["event"])
+        out["n_blind"] = int(blind.sum())
     s = covariate_shift(level, d) if level is not None else None
     if s is not None:
         y = np.log(d["pred_time"].to_numpy(np.float64))

@@ -228,9 +228,10 @@ def test_the_blind_oracle_gives_small_lesions_the_lesion_free_time(rng):
 
     frame = _ct1_like(rng)
     below = float(np.quantile(frame.loc[frame["lesion_volume_mm3"] > 0, "lesion_volume_mm3"], 0.4))
-    t = blind_times(frame, "lesion_volume_mm3", below)
+    t, marked = blind_times(frame, "lesion_volume_mm3", below)
     b = frame["lesion_volume_mm3"].to_numpy()
     blind = (b > 0) & (b < below)
+    assert np.array_equal(marked, blind)
     assert np.all(t[blind] == 75.0) and np.array_equal(t[~blind], frame["expected_time"].to_numpy()[~blind])
     res = breakdown(frame, _preds(frame, frame["expected_time"]), blind_below=below)
     assert res["n_blind"] == int(blind.sum()) > 0
